@@ -1,0 +1,263 @@
+"""Encoders are stock transformers models built from `config.backbone_config`.
+
+This module knows how to build them, how wide their pooled features are, how to pool them, and, for
+ViT-style encoders, how to run the transformer on a subset of patch tokens (the "visible-token forward"
+that masked-image-modeling methods need so masked tokens are never processed).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import CONFIG_MAPPING, AutoModel, PretrainedConfig
+
+VIT_FAMILY = ("vit", "deit", "dinov2", "vit_mae", "vit_msn")
+CONVNET_FAMILY = ("resnet", "regnet", "convnext", "convnextv2", "bit", "efficientnet", "mobilenet_v2")
+SWIN_FAMILY = ("swin", "swinv2")
+
+# Named presets so users can write `SwAVConfig(backbone_config="resnet-50")`.  Sizes follow the
+# original architectures; image_size is filled in from the method config.
+BACKBONE_PRESETS = {
+    "vit-tiny": dict(model_type="vit", hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                     intermediate_size=768, patch_size=16),
+    "vit-small": dict(model_type="vit", hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                      intermediate_size=1536, patch_size=16),
+    "vit-base": dict(model_type="vit", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, patch_size=16),
+    "vit-large": dict(model_type="vit", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                      intermediate_size=4096, patch_size=16),
+    "resnet-18": dict(model_type="resnet", layer_type="basic", depths=[2, 2, 2, 2],
+                      hidden_sizes=[64, 128, 256, 512]),
+    "resnet-50": dict(model_type="resnet", layer_type="bottleneck", depths=[3, 4, 6, 3],
+                      hidden_sizes=[256, 512, 1024, 2048]),
+    # RegNetY-1.6GF / RegNetY-16GF (SEER uses RegNetY-{32,64,128,256}GF; those are configurable the same way)
+    "regnet-y-1.6gf": dict(model_type="regnet", layer_type="y", depths=[2, 6, 17, 2],
+                           hidden_sizes=[48, 120, 336, 888], groups_width=24),
+    "regnet-y-16gf": dict(model_type="regnet", layer_type="y", depths=[2, 4, 11, 1],
+                          hidden_sizes=[224, 448, 1232, 3024], groups_width=112),
+    "regnet-y-32gf": dict(model_type="regnet", layer_type="y", depths=[2, 5, 12, 1],
+                          hidden_sizes=[232, 696, 1392, 3712], groups_width=232),
+    "convnext-tiny": dict(model_type="convnext", depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
+    "swinv2-tiny": dict(model_type="swinv2", embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                        window_size=8),
+}
+
+
+def resolve_backbone_config(
+    backbone_config: Union[None, str, dict, PretrainedConfig],
+    default: Union[str, dict],
+    image_size: Optional[int] = None,
+    num_channels: Optional[int] = None,
+) -> PretrainedConfig:
+    """Turn a preset name, a dict (with `model_type`) or a config into a transformers config."""
+    if backbone_config is None:
+        backbone_config = default
+    if isinstance(backbone_config, PretrainedConfig):
+        config = backbone_config
+    else:
+        if isinstance(backbone_config, str):
+            if backbone_config not in BACKBONE_PRESETS:
+                raise ValueError(
+                    f"Unknown backbone preset {backbone_config!r}; choose one of {sorted(BACKBONE_PRESETS)} "
+                    "or pass a transformers config / dict with a `model_type`."
+                )
+            spec = dict(BACKBONE_PRESETS[backbone_config])
+        else:
+            spec = dict(backbone_config)
+        model_type = spec.pop("model_type", None)
+        if model_type is None or model_type not in CONFIG_MAPPING:
+            raise ValueError(f"backbone_config needs a known transformers `model_type`, got {model_type!r}.")
+        family = backbone_family(model_type)
+        if family in ("vit", "swin") and image_size is not None:
+            spec.setdefault("image_size", image_size)
+        if num_channels is not None:
+            spec.setdefault("num_channels", num_channels)
+        config = CONFIG_MAPPING[model_type](**spec)
+    backbone_family(config.model_type)  # validates that the family is supported
+    return config
+
+
+def backbone_family(config_or_type: Union[str, PretrainedConfig]) -> str:
+    model_type = config_or_type if isinstance(config_or_type, str) else config_or_type.model_type
+    if model_type in VIT_FAMILY:
+        return "vit"
+    if model_type in CONVNET_FAMILY:
+        return "convnet"
+    if model_type in SWIN_FAMILY:
+        return "swin"
+    raise ValueError(
+        f"Backbone model_type {model_type!r} is not supported; supported: "
+        f"{sorted(VIT_FAMILY + CONVNET_FAMILY + SWIN_FAMILY)}."
+    )
+
+
+def build_backbone(config: PretrainedConfig) -> nn.Module:
+    """A stock transformers base model (no head, ViT without its unused pooler)."""
+    kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+    return AutoModel.from_config(config, **kwargs)
+
+
+def feature_dim(config: PretrainedConfig) -> int:
+    """Width of the pooled feature of a backbone built from `config`."""
+    family = backbone_family(config)
+    if family == "vit":
+        return config.hidden_size
+    if family == "swin":
+        return int(config.embed_dim * 2 ** (len(config.depths) - 1))
+    if hasattr(config, "hidden_sizes"):
+        return config.hidden_sizes[-1]
+    return config.hidden_dim  # efficientnet / mobilenet style configs
+
+
+def num_channels_of(config: PretrainedConfig) -> int:
+    return getattr(config, "num_channels", 3)
+
+
+def encode(
+    encoder: nn.Module, pixel_values: torch.Tensor, pooling: str = "cls", return_tokens: bool = False
+):
+    """Run a stock backbone and return pooled features `[B, D]` (and tokens / feature map if asked).
+
+    ViT: `cls` (the CLS token after the final layer norm, as in DINO/MoCo v3) or `mean` (mean of patch
+    tokens, as in MAE/CAE linear probing). Position embeddings are interpolated automatically when the
+    input size differs from `config.image_size` (multi-crop). ConvNets/Swin: the backbone's global pool.
+    """
+    family = backbone_family(encoder.config)
+    if family == "vit":
+        size = encoder.config.image_size
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        interpolate = tuple(pixel_values.shape[-2:]) != tuple(size)
+        out = encoder(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
+        tokens = out.last_hidden_state
+        pooled = pool_vit_tokens(tokens, pooling)
+        return (pooled, tokens) if return_tokens else pooled
+    out = encoder(pixel_values=pixel_values)
+    pooled = out.pooler_output
+    if pooled.dim() > 2:
+        pooled = pooled.flatten(1)
+    if return_tokens:
+        return pooled, out.last_hidden_state
+    return pooled
+
+
+def pool_vit_tokens(tokens: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+    if pooling == "cls":
+        return tokens[:, 0]
+    if pooling == "mean":
+        return tokens[:, 1:].mean(dim=1)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# ViT helpers: patchify, fixed sin-cos embeddings, visible-token forward
+# ----------------------------------------------------------------------------------------------------
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`[B, C, H, W]` -> `[B, N, p*p*C]` in row-major patch order (the order ViT's patch embedding uses)."""
+    b, c, h, w = pixel_values.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"Image size {(h, w)} is not divisible by patch size {patch_size}.")
+    gh, gw = h // patch_size, w // patch_size
+    x = pixel_values.reshape(b, c, gh, patch_size, gw, patch_size)
+    x = torch.einsum("bchpwq->bhwpqc", x)
+    return x.reshape(b, gh * gw, patch_size * patch_size * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple, num_channels: int = 3) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    b = patches.shape[0]
+    gh, gw = grid
+    x = patches.reshape(b, gh, gw, patch_size, patch_size, num_channels)
+    x = torch.einsum("bhwpqc->bchpwq", x)
+    return x.reshape(b, num_channels, gh * patch_size, gw * patch_size)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding `[(1+)H*W, dim]` (MAE/MoCo v3 style)."""
+    if dim % 4:
+        raise ValueError("sin-cos position embedding needs a dimension divisible by 4")
+    gy, gx = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+
+    def embed(pos):
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([embed(gy), embed(gx)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, dim]), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+def vit_grid(config: PretrainedConfig, image_size: Optional[tuple] = None) -> tuple:
+    size = image_size or config.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    return size[0] // config.patch_size, size[1] // config.patch_size
+
+
+def _vit_layers(vit: nn.Module):
+    if hasattr(vit, "layers"):
+        return vit.layers
+    return vit.encoder.layer  # transformers 4.x layout
+
+
+def vit_embed_patches(vit: nn.Module, pixel_values: torch.Tensor) -> tuple:
+    """Patch tokens with position embeddings added `[B, N, D]`, and the CLS token with its position `[B, 1, D]`."""
+    emb = vit.embeddings
+    b, _, h, w = pixel_values.shape
+    pixel_values = pixel_values.to(emb.patch_embeddings.projection.weight.dtype)
+    tokens = emb.patch_embeddings(pixel_values)
+    cls = emb.cls_token.expand(b, -1, -1)
+    pos = emb.interpolate_pos_encoding(torch.cat([cls, tokens], dim=1), h, w)
+    tokens = tokens + pos[:, 1:]
+    cls = cls + pos[:, :1]
+    return tokens, cls
+
+
+def vit_forward_tokens(vit: nn.Module, hidden_states: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    """Run the ViT transformer layers (and final layer norm) on an arbitrary token sequence."""
+    hidden_states = vit.embeddings.dropout(hidden_states)
+    for layer in _vit_layers(vit):
+        out = layer(hidden_states, None)
+        hidden_states = out[0] if isinstance(out, tuple) else out
+    return vit.layernorm(hidden_states) if final_norm else hidden_states
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`tokens[b, index[b]]` for `tokens [B, N, D]`, `index [B, K]` -> `[B, K, D]`."""
+    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def vit_forward_visible(vit: nn.Module, pixel_values: torch.Tensor, visible_index: torch.Tensor) -> torch.Tensor:
+    """Encode only the visible patches: returns `[B, 1 + K, D]` (CLS first), masked tokens never enter the
+    transformer. `visible_index` holds the K kept patch indices per sample (see `masking.mask_to_index`)."""
+    tokens, cls = vit_embed_patches(vit, pixel_values)
+    visible = gather_tokens(tokens, visible_index)
+    return vit_forward_tokens(vit, torch.cat([cls, visible], dim=1))
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, name: str = "pixel_values") -> None:
+    """A clear error instead of a shape failure deep inside a convolution."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.dim() != 4:
+        raise ValueError(f"{name} must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}")
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"{name} has {pixel_values.shape[1]} channels but the encoder expects {num_channels} "
+            "(set num_channels in the backbone config to match your data)."
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "BACKBONE_PRESETS", "resolve_backbone_config", "backbone_family", "build_backbone", "feature_dim",
+    "encode", "pool_vit_tokens", "patchify", "unpatchify", "sincos_pos_embed_2d", "vit_grid",
+    "vit_embed_patches", "vit_forward_tokens", "vit_forward_visible", "gather_tokens", "check_pixel_values",
+    "num_channels_of", "count_parameters",
+]

@@ -1,0 +1,75 @@
+"""The method registry: adding a method means adding its folder and ONE line to `METHODS`.
+
+Each method package exposes `METHOD = MethodSpec(...)` in its `__init__.py`. `register_all()` (run on
+`import hf_ssl`) registers every config, model and image processor with the transformers Auto classes, so
+`AutoConfig/AutoModel/AutoModelForPreTraining/AutoImageProcessor.from_pretrained(dir)` work.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Dict, Type
+
+# name -> module path. One line per method.
+METHODS: Dict[str, str] = {
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_class: Type
+    model_class: Type
+    image_processor_class: Type
+    family: str = ""  # "clustering", "contrastive", "masked image modeling", ...
+    description: str = ""
+    presets: Dict[str, dict] = field(default_factory=dict)  # named config presets (e.g. SEER for SwAV)
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    def make_config(self, preset: str = None, **kwargs):
+        if preset is not None:
+            if preset not in self.presets:
+                raise ValueError(f"{self.name} has no preset {preset!r}; presets: {sorted(self.presets)}")
+            kwargs = {**self.presets[preset], **kwargs}
+        return self.config_class(**kwargs)
+
+
+_LOADED: Dict[str, MethodSpec] = {}
+
+
+def get_method(name: str) -> MethodSpec:
+    key = name.lower().replace("-", "_")
+    if key.startswith("hf_ssl_"):
+        key = key[len("hf_ssl_"):]
+    if key not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    if key not in _LOADED:
+        spec = importlib.import_module(METHODS[key]).METHOD
+        _register(spec)
+        _LOADED[key] = spec
+    return _LOADED[key]
+
+
+def _register(spec: MethodSpec) -> None:
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
+
+    AutoConfig.register(spec.model_type, spec.config_class, exist_ok=True)
+    AutoModel.register(spec.config_class, spec.model_class, exist_ok=True)
+    AutoModelForPreTraining.register(spec.config_class, spec.model_class, exist_ok=True)
+    AutoImageProcessor.register(spec.config_class, image_processor_classes={"pil": spec.image_processor_class},
+                                exist_ok=True)
+
+
+def register_all() -> Dict[str, MethodSpec]:
+    return {name: get_method(name) for name in METHODS}
+
+
+def available_methods():
+    return sorted(METHODS)
+
+
+__all__ = ["METHODS", "MethodSpec", "get_method", "register_all", "available_methods"]
