@@ -47,11 +47,20 @@ class SSLConfig(PretrainedConfig):
     model_type = "hf_ssl"
     sub_configs = {"backbone_config": AutoConfig}
     # class-level metadata used by the registry, README table and model cards
-    paper_title: str = ""
-    paper_url: str = ""
-    citation: str = ""
-    default_backbone: Union[str, dict] = "resnet-50"
-    default_augmentation: Dict[str, Any] = {}
+    # (left unannotated on purpose: PretrainedConfig turns annotated class attributes into dataclass fields)
+    paper_title = ""
+    paper_url = ""
+    citation = ""
+    default_backbone = "resnet-50"
+    default_augmentation = {}
+
+    def __init_subclass__(cls, **kwargs):
+        # transformers 5 turns config subclasses into dataclasses, which gives a subclass without its own
+        # __init__ a generated one that would bypass ours; keep the inherited __init__ in that case.
+        own_init = "__init__" in cls.__dict__
+        super().__init_subclass__(**kwargs)
+        if not own_init:
+            cls.__init__ = cls.__mro__[1].__init__
 
     def __init__(
         self,

@@ -1,0 +1,1 @@
+"""Training: streaming data and view policies, SSLTrainer, arguments, callbacks, downstream LoRA, CLI."""

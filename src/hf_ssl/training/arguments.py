@@ -1,0 +1,41 @@
+"""`SSLTrainingArguments`: `transformers.TrainingArguments` plus the knobs self-supervised training needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class SSLTrainingArguments(TrainingArguments):
+    """Adds weight-decay scheduling, LARS, k-NN / linear-probe evaluation settings and SSL-friendly defaults
+    (`remove_unused_columns=False` because views are not model-signature columns; per-process streaming
+    shards instead of batch dispatch from rank 0; no external loggers unless asked)."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all view fields."})
+    report_to: Optional[str] = field(default="none", metadata={"help": "Logging integrations (default none)."})
+    weight_decay_end: Optional[float] = field(
+        default=None, metadata={"help": "If set, weight decay follows a cosine from weight_decay to this value (DINO)."}
+    )
+    use_lars: bool = field(default=False, metadata={"help": "Use LARS (SwAV/SimCLR/BYOL large-batch optimizer)."})
+    lars_eta: float = field(default=0.001, metadata={"help": "LARS trust coefficient."})
+    lars_momentum: float = field(default=0.9, metadata={"help": "LARS momentum."})
+    knn_k: int = field(default=20, metadata={"help": "Neighbours for k-NN evaluation."})
+    knn_temperature: float = field(default=0.07, metadata={"help": "Vote temperature for weighted k-NN."})
+    linear_probe: bool = field(default=False, metadata={"help": "Also report linear-probe accuracy at evaluation."})
+    plot_loss_curve: bool = field(default=True, metadata={"help": "Write loss_curve.png to output_dir at the end."})
+
+    def __post_init__(self):
+        if self.accelerator_config is None:
+            self.accelerator_config = {"dispatch_batches": False}
+        super().__post_init__()
+        import torch
+
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per DataLoader
+        if self.knn_k < 1:
+            raise ValueError("knn_k must be >= 1")
+        if self.knn_temperature <= 0:
+            raise ValueError("knn_temperature must be > 0")

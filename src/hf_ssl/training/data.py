@@ -1,0 +1,536 @@
+"""Streaming image data, training view policies, collation and the corrupt-sample policy.
+
+Pipeline: `load_image_stream(source)` gives a `datasets.IterableDataset` (Hub id, local image folder,
+parquet, webdataset shards, or a built-in real dataset), sharded per process under DDP and shuffled with a
+buffer. `SSLViewDataset` decodes each image itself (undecodable / zero-byte images are skipped, logged and
+counted, never crash the run) and applies the method's view policy, built from `config.augmentation` by
+`build_view_generator`. `SSLDataCollator` batches views (lists of crops stay lists of batched tensors) and
+carries the skip count to the trainer, which logs the running total.
+
+All augmentation is PIL/numpy based (no torchvision).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import math
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+logger = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("image", "img", "jpg", "jpeg", "png", "webp", "pixel_values")
+LABEL_KEYS = ("label", "labels", "cls", "class", "fine_label", "target")
+BUILTIN_DATASETS = ("digits",)
+DEFAULT_DATASET = "builtin:digits"
+
+
+# ----------------------------------------------------------------------------------------------------
+# sources
+# ----------------------------------------------------------------------------------------------------
+def builtin_cache_dir() -> str:
+    return os.environ.get("HF_SSL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_ssl"))
+
+
+def materialize_builtin(name: str, root: Optional[str] = None) -> str:
+    """Write a built-in real-image dataset as an image folder (`<root>/<name>/{train,test}/<label>/*.png`)
+    and return its path. `digits`: scikit-learn's 1,797 real 8x8 handwritten digits (UCI), 10 classes,
+    upsampled to 32x32 RGB; a fixed stratified split of 1,497 train / 300 test images."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"Unknown built-in dataset {name!r}; available: {BUILTIN_DATASETS}")
+    root = root or builtin_cache_dir()
+    out = os.path.join(root, name)
+    done = os.path.join(out, ".complete")
+    if os.path.exists(done):
+        return out
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)
+    labels = digits.target
+    rng = np.random.default_rng(0)
+    test_idx = set()
+    for c in range(10):  # 30 test images per class
+        idx = np.flatnonzero(labels == c)
+        test_idx.update(rng.choice(idx, size=30, replace=False).tolist())
+    tmp = out + f".tmp-{os.getpid()}"
+    for i, (img, label) in enumerate(zip(images, labels)):
+        split = "test" if i in test_idx else "train"
+        d = os.path.join(tmp, split, str(int(label)))
+        os.makedirs(d, exist_ok=True)
+        pil = Image.fromarray(img, mode="L").resize((32, 32), Image.BICUBIC).convert("RGB")
+        pil.save(os.path.join(d, f"{i:04d}.png"))
+    if os.path.exists(out):
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    open(done, "w").close()
+    return out
+
+
+def _files(path: str, exts: Sequence[str]) -> List[str]:
+    found = []
+    for ext in exts:
+        found += glob.glob(os.path.join(path, "**", f"*{ext}"), recursive=True)
+    return sorted(found)
+
+
+def _dist_info() -> Tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def load_image_stream(
+    source: str = DEFAULT_DATASET,
+    split: str = "train",
+    streaming: bool = True,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+    shard_by_node: bool = True,
+    name: Optional[str] = None,
+    **load_kwargs,
+):
+    """Open an image dataset as a `datasets` (Iterable)Dataset with images left undecoded.
+
+    `source` is `builtin:<name>`, a local image folder (class sub-folders become labels), a directory or
+    glob of `.parquet` files or webdataset `.tar` shards, or a Hub dataset id. Under DDP each process reads
+    its own part (`split_dataset_by_node`)."""
+    from datasets import Image as ImageFeature
+    from datasets import load_dataset
+    from datasets.distributed import split_dataset_by_node
+
+    if source.startswith("builtin:"):
+        source = materialize_builtin(source.split(":", 1)[1])
+    if os.path.isdir(source):
+        parquet = _files(source, [".parquet"])
+        tars = _files(source, [".tar"])
+        if parquet:
+            ds = load_dataset("parquet", data_files={split: _split_files(parquet, split)}, split=split,
+                              streaming=streaming, **load_kwargs)
+        elif tars:
+            ds = load_dataset("webdataset", data_files={split: _split_files(tars, split)}, split=split,
+                              streaming=streaming, **load_kwargs)
+        else:
+            data_dir = os.path.join(source, split) if os.path.isdir(os.path.join(source, split)) else source
+            ds = load_dataset("imagefolder", data_dir=data_dir, split="train", streaming=streaming, **load_kwargs)
+    elif any(ch in source for ch in "*?") or source.endswith((".parquet", ".tar")):
+        files = sorted(glob.glob(source))
+        if not files:
+            raise FileNotFoundError(f"No files match {source!r}")
+        builder = "parquet" if files[0].endswith(".parquet") else "webdataset"
+        ds = load_dataset(builder, data_files={split: files}, split=split, streaming=streaming, **load_kwargs)
+    elif os.path.exists(source):
+        raise ValueError(f"{source!r} is a file but not .parquet/.tar; pass a folder of images instead.")
+    else:
+        ds = load_dataset(source, name, split=split, streaming=streaming, **load_kwargs)
+
+    image_key = find_image_column(ds)
+    if isinstance(ds.features.get(image_key) if ds.features else None, ImageFeature):
+        ds = ds.cast_column(image_key, ImageFeature(decode=False))
+    if streaming and shuffle_buffer and shuffle_buffer > 1 and split == "train":
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    rank, world = _dist_info()
+    if shard_by_node and world > 1:
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+    return ds
+
+
+def _split_files(files: List[str], split: str) -> List[str]:
+    """Files whose path mentions the split (e.g. `train-0000.parquet`), else all of them."""
+    picked = [f for f in files if split in os.path.relpath(f)]
+    return picked or files
+
+
+def find_image_column(ds) -> str:
+    features = getattr(ds, "features", None) or {}
+    from datasets import Image as ImageFeature
+
+    for key, feat in features.items():
+        if isinstance(feat, ImageFeature):
+            return key
+    for key in IMAGE_KEYS:
+        if key in features:
+            return key
+    if not features:  # unknown until iterated (some webdataset streams)
+        return "image"
+    raise ValueError(f"No image column found in {list(features)}; expected one of {IMAGE_KEYS}")
+
+
+def find_label_column(ds) -> Optional[str]:
+    features = getattr(ds, "features", None) or {}
+    for key in LABEL_KEYS:
+        if key in features:
+            return key
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# decoding with the corrupt-sample policy
+# ----------------------------------------------------------------------------------------------------
+class UndecodableImage(ValueError):
+    pass
+
+
+def decode_image(value: Any, mode: Optional[str] = "RGB") -> Image.Image:
+    """Decode an image given as PIL image, `{"bytes", "path"}` dict, raw bytes, numpy array or path.
+    Raises `UndecodableImage` with the reason for anything that is not a readable, non-empty image."""
+    try:
+        if isinstance(value, Image.Image):
+            img = value
+        elif isinstance(value, dict):
+            data = value.get("bytes")
+            if data is None and value.get("path"):
+                with open(value["path"], "rb") as f:
+                    data = f.read()
+            if not data:
+                raise UndecodableImage("empty image bytes")
+            img = Image.open(io.BytesIO(data))
+        elif isinstance(value, (bytes, bytearray)):
+            if not value:
+                raise UndecodableImage("empty image bytes")
+            img = Image.open(io.BytesIO(value))
+        elif isinstance(value, np.ndarray):
+            img = Image.fromarray(value)
+        elif isinstance(value, str):
+            img = Image.open(value)
+        else:
+            raise UndecodableImage(f"unsupported image value of type {type(value).__name__}")
+        img.load()
+        if img.width == 0 or img.height == 0:
+            raise UndecodableImage("zero-sized image")
+        return img.convert(mode) if mode and img.mode != mode else img
+    except UndecodableImage:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
+        raise UndecodableImage(f"{type(err).__name__}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------
+# augmentations (PIL / numpy)
+# ----------------------------------------------------------------------------------------------------
+def random_resized_crop_box(width: int, height: int, scale: Sequence[float], ratio=(3 / 4, 4 / 3),
+                            rng: np.random.Generator = None) -> Tuple[int, int, int, int]:
+    """(left, top, w, h) of a random crop with area fraction in `scale` and aspect ratio in `ratio`
+    (the Inception-style crop; falls back to a central crop after 10 failed draws)."""
+    rng = rng or np.random.default_rng()
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _adjust_hue(img: Image.Image, shift: float) -> Image.Image:
+    hsv = np.array(img.convert("HSV"), dtype=np.uint8)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(shift * 255))) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def color_jitter(img: Image.Image, strength: Sequence[float], rng: np.random.Generator) -> Image.Image:
+    """Brightness, contrast, saturation and hue jitter in random order (SimCLR/BYOL style)."""
+    b, c, s, h = strength
+    ops = []
+    if b > 0:
+        ops.append(lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(max(0, 1 - b), 1 + b)))
+    if c > 0:
+        ops.append(lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(max(0, 1 - c), 1 + c)))
+    if s > 0 and img.mode == "RGB":
+        ops.append(lambda im: ImageEnhance.Color(im).enhance(rng.uniform(max(0, 1 - s), 1 + s)))
+    if h > 0 and img.mode == "RGB":
+        ops.append(lambda im: _adjust_hue(im, rng.uniform(-h, h)))
+    for i in rng.permutation(len(ops)):
+        img = ops[i](img)
+    return img
+
+
+class ImageAugment:
+    """One random view: random resized crop to `size`, flip, colour jitter, grayscale, blur, solarize,
+    then tensor + normalize. Probabilities and strengths come from the augmentation dict."""
+
+    def __init__(self, size: int, scale: Sequence[float], mean: Sequence[float], std: Sequence[float],
+                 horizontal_flip: float = 0.5, color_jitter: float = 0.0, color_jitter_strength=(0.4, 0.4, 0.4, 0.1),
+                 grayscale: float = 0.0, gaussian_blur: float = 0.0, blur_sigma=(0.1, 2.0), solarize: float = 0.0):
+        self.size = size
+        self.scale = tuple(scale)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+        self.horizontal_flip = horizontal_flip
+        self.color_jitter = color_jitter
+        self.color_jitter_strength = tuple(color_jitter_strength)
+        self.grayscale = grayscale
+        self.gaussian_blur = gaussian_blur
+        self.blur_sigma = tuple(blur_sigma)
+        self.solarize = solarize
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator, return_box: bool = False):
+        left, top, w, h = random_resized_crop_box(img.width, img.height, self.scale, rng=rng)
+        out = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        flipped = rng.random() < self.horizontal_flip
+        if flipped:
+            out = ImageOps.mirror(out)
+        if self.color_jitter and rng.random() < self.color_jitter:
+            out = color_jitter(out, self.color_jitter_strength, rng)
+        if self.grayscale and out.mode == "RGB" and rng.random() < self.grayscale:
+            out = out.convert("L").convert("RGB")
+        if self.gaussian_blur and rng.random() < self.gaussian_blur:
+            out = out.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*self.blur_sigma)))
+        if self.solarize and rng.random() < self.solarize:
+            out = ImageOps.solarize(out, threshold=128)
+        tensor = to_normalized_tensor(out, self.mean, self.std)
+        if return_box:
+            return tensor, {"box": (left, top, w, h), "flipped": flipped, "image_size": (img.width, img.height)}
+        return tensor
+
+
+def to_normalized_tensor(img: Image.Image, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy((arr - mean) / std)
+
+
+# ----------------------------------------------------------------------------------------------------
+# view policies
+# ----------------------------------------------------------------------------------------------------
+VIEW_POLICIES: Dict[str, Callable] = {}
+
+
+def register_view_policy(name: str):
+    """Decorator: `@register_view_policy("pair")` on a class `(config) -> callable(image, rng) -> dict`.
+    Method folders can register their own policy this way."""
+
+    def wrap(cls):
+        VIEW_POLICIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def _augment_kwargs(aug: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("horizontal_flip", "color_jitter", "color_jitter_strength", "grayscale", "gaussian_blur", "solarize")
+    return {k: aug[k] for k in keys if k in aug}
+
+
+class ViewPolicy:
+    """Base: holds the config's normalization, image mode and augmentation dict."""
+
+    def __init__(self, config):
+        self.config = config
+        self.aug = dict(config.augmentation)
+        self.mean, self.std = config.image_mean, config.image_std
+        self.mode = {1: "L", 3: "RGB"}.get(config.num_channels)
+        if self.mode is None:
+            raise ValueError(f"The built-in view policies handle 1 or 3 channels, got {config.num_channels}.")
+
+    def augment(self, size: int, scale) -> ImageAugment:
+        return ImageAugment(size, scale, self.mean, self.std, **_augment_kwargs(self.aug))
+
+
+@register_view_policy("two_view")
+class TwoViewPolicy(ViewPolicy):
+    """Two independently augmented views (SimCLR / MoCo / BYOL)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.view = self.augment(config.image_size, self.aug.get("crop_scale", (0.2, 1.0)))
+
+    def __call__(self, img, rng):
+        return {"pixel_values": [self.view(img, rng), self.view(img, rng)]}
+
+
+@register_view_policy("multi_crop")
+class MultiCropPolicy(ViewPolicy):
+    """`num_global` crops at `config.image_size` and `num_local` small crops (SwAV / DINO multi-crop)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        a = self.aug
+        self.num_global = int(a.get("num_global", 2))
+        self.num_local = int(a.get("num_local", 0))
+        self.global_view = self.augment(config.image_size, a.get("global_scale", (0.14, 1.0)))
+        self.local_view = self.augment(int(a.get("local_size", 96)), a.get("local_scale", (0.05, 0.14)))
+
+    def __call__(self, img, rng):
+        views = [self.global_view(img, rng) for _ in range(self.num_global)]
+        views += [self.local_view(img, rng) for _ in range(self.num_local)]
+        return {"pixel_values": views}
+
+
+@register_view_policy("masked")
+class MaskedImagePolicy(ViewPolicy):
+    """One augmented view plus a patch mask `bool_masked_pos` (random or block-wise, exact count)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        from ..modeling.backbones import vit_grid
+
+        self.view = self.augment(config.image_size, self.aug.get("crop_scale", (0.08, 1.0)))
+        self.grid = vit_grid(config.backbone_config, (config.image_size, config.image_size))
+        self.kind = self.aug.get("mask", "random")
+        self.ratio = float(self.aug.get("mask_ratio", getattr(config, "mask_ratio", 0.75)))
+        if self.kind not in ("random", "block"):
+            raise ValueError(f"augmentation['mask'] must be 'random' or 'block', got {self.kind!r}")
+
+    def __call__(self, img, rng):
+        from ..modeling import masking
+
+        n = self.grid[0] * self.grid[1]
+        if self.kind == "block":
+            mask = masking.block_mask(self.grid, self.ratio, rng=rng,
+                                      min_block_patches=int(self.aug.get("min_block_patches", 16)))
+        else:
+            mask = masking.random_mask(n, self.ratio, rng=rng)
+        return {"pixel_values": self.view(img, rng), "bool_masked_pos": torch.from_numpy(mask)}
+
+
+@register_view_policy("eval")
+class EvalPolicy(ViewPolicy):
+    """Deterministic inference preprocessing (resize shorter side to size/0.875, center crop, normalize)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.size = config.image_size
+        self.resize = int(round(self.size / 0.875))
+        self._mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+
+    def __call__(self, img, rng=None):
+        w, h = img.size
+        s = self.resize / min(w, h)
+        img = img.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BICUBIC)
+        left = (img.width - self.size) // 2
+        top = (img.height - self.size) // 2
+        img = img.crop((left, top, left + self.size, top + self.size))
+        return {"pixel_values": to_normalized_tensor(img, self._mean, self._std)}
+
+
+def build_view_generator(config, policy: Optional[str] = None):
+    """The training view policy named by `config.augmentation["policy"]` (or `policy`)."""
+    name = policy or config.augmentation.get("policy", "two_view")
+    if name not in VIEW_POLICIES:
+        raise ValueError(f"Unknown view policy {name!r}; registered: {sorted(VIEW_POLICIES)}")
+    return VIEW_POLICIES[name](config)
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch dataset + collator
+# ----------------------------------------------------------------------------------------------------
+class SSLViewDataset(torch.utils.data.IterableDataset):
+    """Decodes a (streaming) `datasets` dataset and applies a view generator.
+
+    Each yielded example carries `num_skipped`: how many undecodable images were skipped since the previous
+    yielded example of this worker, so the collated batch reports exactly how many were lost. With
+    `with_labels=True` the dataset's label column is passed through as `labels`."""
+
+    def __init__(self, dataset, view_generator: Callable, seed: int = 0, with_labels: bool = False,
+                 image_key: Optional[str] = None, label_key: Optional[str] = None, image_mode: Optional[str] = "RGB"):
+        super().__init__()
+        self.dataset = dataset
+        self.view_generator = view_generator
+        self.seed = seed
+        self.epoch = 0
+        self.with_labels = with_labels
+        self.image_key = image_key or find_image_column(dataset)
+        self.label_key = label_key or (find_label_column(dataset) if with_labels else None)
+        if with_labels and self.label_key is None:
+            raise ValueError("with_labels=True but the dataset has no label column")
+        self.image_mode = image_mode
+        self.skipped_total = 0  # in this process (main-process iteration only)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rank, _ = _dist_info()
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
+        pending_skips = 0
+        for index, example in enumerate(self.dataset):
+            raw = example.get(self.image_key)
+            try:
+                if raw is None:
+                    raise UndecodableImage(f"missing image column {self.image_key!r}")
+                img = decode_image(raw, self.image_mode)
+            except UndecodableImage as err:
+                pending_skips += 1
+                self.skipped_total += 1
+                where = raw.get("path") if isinstance(raw, dict) else None
+                logger.warning("Skipping undecodable image #%d%s: %s", index, f" ({where})" if where else "", err)
+                continue
+            out = self.view_generator(img, rng)
+            if self.with_labels:
+                out["labels"] = int(example[self.label_key])
+            out["num_skipped"] = pending_skips
+            pending_skips = 0
+            yield out
+        if pending_skips:  # trailing bad images: report them with an empty marker example
+            yield {"num_skipped": pending_skips, "_empty": True}
+
+
+class SSLDataCollator:
+    """Stacks per-example views into batch tensors.
+
+    A list-valued field (multi-crop) becomes a list of `[B, ...]` tensors, one per view position; tensors
+    are stacked; `labels` become a LongTensor; `num_skipped` is summed into a 0-d tensor."""
+
+    def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        skipped = sum(int(e.get("num_skipped", 0)) for e in examples)
+        examples = [e for e in examples if not e.get("_empty")]
+        batch: Dict[str, Any] = {}
+        if examples:
+            for key in examples[0]:
+                if key == "num_skipped":
+                    continue
+                values = [e[key] for e in examples]
+                first = values[0]
+                if isinstance(first, (list, tuple)):
+                    batch[key] = [torch.stack([v[i] for v in values]) for i in range(len(first))]
+                elif isinstance(first, torch.Tensor):
+                    batch[key] = torch.stack(values)
+                elif key == "labels" or isinstance(first, (int, np.integer)):
+                    batch[key] = torch.tensor(values, dtype=torch.long)
+                elif isinstance(first, float):
+                    batch[key] = torch.tensor(values, dtype=torch.float32)
+                else:
+                    batch[key] = values
+        batch["num_skipped"] = torch.tensor(skipped, dtype=torch.long)
+        return batch
+
+
+def labeled_eval_dataset(source: str, split: str, config, max_samples: Optional[int] = None):
+    """A labeled stream preprocessed for feature extraction (no augmentation, no shuffling)."""
+    ds = load_image_stream(source, split=split, shuffle_buffer=0, shard_by_node=False)
+    if max_samples:
+        ds = ds.take(max_samples)
+    mode = {1: "L", 3: "RGB"}.get(config.num_channels)
+    return SSLViewDataset(ds, build_view_generator(config, "eval"), with_labels=True, image_mode=mode)
+
+
+__all__ = [
+    "DEFAULT_DATASET", "materialize_builtin", "load_image_stream", "find_image_column", "find_label_column",
+    "decode_image", "UndecodableImage", "ImageAugment", "random_resized_crop_box", "color_jitter",
+    "VIEW_POLICIES", "register_view_policy", "build_view_generator", "SSLViewDataset", "SSLDataCollator",
+    "labeled_eval_dataset",
+]

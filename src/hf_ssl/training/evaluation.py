@@ -1,0 +1,61 @@
+"""Representation evaluation: feature extraction (with progress bars) and the k-NN / linear-probe protocol
+through the project's local `evaluate` modules (`hf_ssl/metrics`)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def extract_features(model, dataset, batch_size: int = 256, device=None, num_workers: int = 0,
+                     desc: str = "features", disable_progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Pooled features (`model.get_image_features`) and labels of a labeled `SSLViewDataset`."""
+    from .data import SSLDataCollator
+
+    device = device or next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=SSLDataCollator(),
+                                         num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=disable_progress):
+            if "pixel_values" not in batch:
+                continue
+            f = model.get_image_features(batch["pixel_values"].to(device))
+            feats.append(f.float().cpu())
+            labels.append(batch["labels"])
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("No decodable labeled images in the evaluation dataset")
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def knn_and_linear_metrics(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
+                           k: int = 20, temperature: float = 0.07, linear_probe: bool = False) -> Dict[str, float]:
+    from ..metrics import load_metric
+
+    (xtr, ytr), (xte, yte) = train, test
+    out = load_metric("knn_accuracy").compute(
+        predictions=xte, references=yte, train_embeddings=xtr, train_labels=ytr, k=k, temperature=temperature
+    )
+    if linear_probe:
+        out.update(load_metric("linear_probe").compute(
+            predictions=xte, references=yte, train_embeddings=xtr, train_labels=ytr
+        ))
+    return {key: float(v) for key, v in out.items()}
+
+
+def evaluate_representations(model, train_dataset, test_dataset, batch_size: int = 256, k: int = 20,
+                             temperature: float = 0.07, linear_probe: bool = False, device=None,
+                             disable_progress: bool = False) -> Dict[str, float]:
+    train = extract_features(model, train_dataset, batch_size, device, desc="k-NN bank",
+                             disable_progress=disable_progress)
+    test = extract_features(model, test_dataset, batch_size, device, desc="k-NN queries",
+                            disable_progress=disable_progress)
+    return knn_and_linear_metrics(train, test, k=k, temperature=temperature, linear_probe=linear_probe)
