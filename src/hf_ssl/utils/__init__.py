@@ -1,0 +1,1 @@
+"""Utilities shared across hf_ssl (plotting, ...)."""
