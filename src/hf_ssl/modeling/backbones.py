@@ -29,6 +29,11 @@ BACKBONE_PRESETS = {
                      intermediate_size=3072, patch_size=16),
     "vit-large": dict(model_type="vit", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                       intermediate_size=4096, patch_size=16),
+    # small encoders for CPU runs on 32-64 px images (the default `hf-ssl pretrain` run, tests, benchmarks)
+    "resnet-tiny": dict(model_type="resnet", layer_type="basic", depths=[1, 1, 1, 1], embedding_size=32,
+                        hidden_sizes=[32, 64, 128, 256]),
+    "vit-micro": dict(model_type="vit", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=512, patch_size=4),
     "resnet-18": dict(model_type="resnet", layer_type="basic", depths=[2, 2, 2, 2],
                       hidden_sizes=[64, 128, 256, 512]),
     "resnet-50": dict(model_type="resnet", layer_type="bottleneck", depths=[3, 4, 6, 3],

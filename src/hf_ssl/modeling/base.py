@@ -183,6 +183,26 @@ class SSLPreTrainedModel(PreTrainedModel):
         encoder = getattr(self, self.export_attribute)
         return encode(encoder, pixel_values, pooling or self.config.feature_pooling)
 
+    # -- parameters that never take gradients ----------------------------------------------------------
+    def frozen_parameter_prefixes(self) -> tuple:
+        """Name prefixes of parameters that never receive gradients: EMA teachers by default; methods add
+        fixed embeddings. transformers 5 `from_pretrained` hands loaded parameters back with
+        `requires_grad=True`, so the freeze is re-applied by `train()` / `eval()` (the Trainer calls
+        `train()`, `from_pretrained` ends with `eval()`)."""
+        return ("teacher_encoder.",)
+
+    def apply_frozen_parameters_(self) -> None:
+        prefixes = self.frozen_parameter_prefixes()
+        if prefixes:
+            for name, param in self.named_parameters():
+                if name.startswith(prefixes):
+                    param.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.apply_frozen_parameters_()
+        return self
+
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called by SSLTrainer after every optimizer step (global step count, total steps)."""
 

@@ -69,12 +69,21 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor] = None,
+                value_context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`value_context` (same length as `context`) feeds the values while `context` feeds the keys, for
+        blocks that add position embeddings to keys but not to values (CAE's regressor)."""
         context = x if context is None else context
         b, n, d = x.shape
         h = self.num_heads
         q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)
-        k, v = self.kv(context).reshape(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        if value_context is None:
+            k, v = self.kv(context).reshape(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        else:
+            w_k, w_v = self.kv.weight.chunk(2, dim=0)
+            b_k, b_v = self.kv.bias.chunk(2) if self.kv.bias is not None else (None, None)
+            k = F.linear(context, w_k, b_k).reshape(b, context.shape[1], h, d // h).transpose(1, 2)
+            v = F.linear(value_context, w_v, b_v).reshape(b, value_context.shape[1], h, d // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
@@ -82,10 +91,12 @@ class Attention(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block. With `cross_attention=True` the attention reads keys/values from a
-    `context` sequence (CAE's latent contextual regressor), otherwise it is ordinary self-attention."""
+    `context` sequence (CAE's latent contextual regressor), otherwise it is ordinary self-attention.
+    `layer_scale` (e.g. 0.1, BEiT/CAE) multiplies both residual branches by learnable per-channel gains
+    initialised to that value (`gamma_1`, `gamma_2`); `None` disables them."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False,
-                 layer_norm_eps: float = 1e-6):
+                 layer_norm_eps: float = 1e-6, layer_scale: Optional[float] = None):
         super().__init__()
         self.cross_attention = cross_attention
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
@@ -94,25 +105,34 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.layer_scale = layer_scale
+        if layer_scale:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.cross_attention:
             if context is None:
                 raise ValueError("cross-attention block needs a context")
-            x = x + self.attn(self.norm1(x), self.norm_context(context))
+            a = self.attn(self.norm1(x), self.norm_context(context))
         else:
-            x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+            a = self.attn(self.norm1(x))
+        x = x + (a if self.gamma_1 is None else self.gamma_1 * a)
+        m = self.mlp(self.norm2(x))
+        return x + (m if self.gamma_2 is None else self.gamma_2 * m)
 
 
 class TransformerDecoder(nn.Module):
     """A stack of transformer blocks, a final norm and a linear prediction layer (MAE/CAE pixel decoders)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0,
-                 cross_attention: bool = False):
+                 cross_attention: bool = False, layer_scale: Optional[float] = None):
         super().__init__()
         self.blocks = nn.ModuleList(
-            [TransformerBlock(dim, num_heads, mlp_ratio, cross_attention=cross_attention) for _ in range(depth)]
+            [TransformerBlock(dim, num_heads, mlp_ratio, cross_attention=cross_attention, layer_scale=layer_scale)
+             for _ in range(depth)]
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, out_dim) if out_dim else nn.Identity()
