@@ -123,6 +123,20 @@ class SSLTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume weights through `from_pretrained`, which applies transformers' checkpoint key conversions
+        (e.g. ViT's legacy `encoder.layer.*` names written by `save_pretrained`), then copy them in strictly."""
+        model = model if model is not None else self.model
+        target = self.accelerator.unwrap_model(model)
+        from ..modeling.base import SSLPreTrainedModel
+
+        if not isinstance(target, SSLPreTrainedModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
     # -- atomic checkpoints -------------------------------------------------------------------------
     def _get_output_dir(self, trial):
         run_dir = super()._get_output_dir(trial)
