@@ -1,0 +1,229 @@
+"""Reliability battery, applied automatically to every method in the registry (issue: reliability battery).
+
+A new method is picked up with no edit here: it only needs its registry line and a tiny config in
+tests/tiny_configs.py (the first test fails loudly without one).
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hf_ssl  # noqa: F401
+from hf_ssl.modeling.registry import METHODS, get_method
+from hf_ssl.training.arguments import SSLTrainingArguments
+from hf_ssl.training.data import SSLDataCollator, SSLViewDataset, build_view_generator, decode_image, load_image_stream
+from hf_ssl.training.trainer import SSLTrainer
+from tiny_configs import TINY_CONFIGS, tiny_config
+
+ALL = sorted(METHODS)
+
+
+def test_registry_has_tiny_configs():
+    missing = sorted(set(METHODS) - set(TINY_CONFIGS))
+    assert not missing, f"add tiny configs for {missing} to tests/tiny_configs.py"
+
+
+def _batch(config, n=4, seed=0):
+    """A real batch from the method's own view policy (built-in digits)."""
+    policy = build_view_generator(config)
+    rng = np.random.default_rng(seed)
+    examples = []
+    mode = {1: "L", 3: "RGB"}.get(config.num_channels, "RGB")
+    for example in load_image_stream("builtin:digits", split="test", shuffle_buffer=0):
+        examples.append(dict(policy(decode_image(example["image"], mode), rng), num_skipped=0))
+        if len(examples) == n:
+            break
+    batch = SSLDataCollator()(examples)
+    batch.pop("num_skipped")
+    return batch
+
+
+def _global_view(batch):
+    v = batch["pixel_values"]
+    return v[0] if isinstance(v, list) else v
+
+
+def _model(name, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return get_method(name).model_class(tiny_config(name, **overrides))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_equality_safetensors_only(name, tmp_path):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    model = _model(name).eval()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    get_method(name).image_processor_class.from_ssl_config(model.config).save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, use_safetensors=True).eval()
+    assert type(reloaded) is type(model)
+    sd1, sd2 = model.state_dict(), reloaded.state_dict()
+    assert sd1.keys() == sd2.keys()
+    for k in sd1:
+        assert torch.equal(sd1[k], sd2[k]), k
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == \
+        [n for n, p in reloaded.named_parameters() if not p.requires_grad]  # frozen stays frozen
+    x = _global_view(_batch(model.config))
+    assert torch.equal(model.get_image_features(x), reloaded.get_image_features(x))
+    assert AutoConfig.from_pretrained(tmp_path).to_dict()["augmentation"] == model.config.augmentation
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(processor) is get_method(name).image_processor_class
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_train_step_and_loss(name):
+    model = _model(name).train()
+    batch = _batch(model.config, n=4)
+    out = model(**batch)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
+    assert out.metrics is None or all(not torch.is_tensor(v) or not v.requires_grad for v in out.metrics.values())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_eval_mode_batch_equivalence(name):
+    model = _model(name).eval()
+    x = _global_view(_batch(model.config, n=4))
+    full = model.get_image_features(x)
+    single = torch.cat([model.get_image_features(x[i: i + 1]) for i in range(len(x))])
+    assert torch.allclose(full, single, atol=1e-5)
+
+
+def test_export_encoder_reloads_without_hf_ssl(tmp_path):
+    """Every method's exported encoder loads with plain transformers in a process that never imports hf_ssl,
+    and gives the same pooled features."""
+    cases = []
+    for name in ALL:
+        model = _model(name).eval()
+        d = tmp_path / name
+        model.export_encoder(d)
+        x = _global_view(_batch(model.config, n=2))
+        torch.save({"x": x, "features": model.get_image_features(x)}, d / "expected.pt")
+        cases.append(str(d))
+    script = """
+import json, sys, torch
+sys.modules["hf_ssl"] = None  # importing hf_ssl would fail loudly
+from transformers import AutoModel, AutoImageProcessor
+for d in sys.argv[1:]:
+    enc = AutoModel.from_pretrained(d).eval()
+    AutoImageProcessor.from_pretrained(d)
+    pooling = json.load(open(d + "/hf_ssl_export.json"))["feature_pooling"]
+    exp = torch.load(d + "/expected.pt")
+    with torch.no_grad():
+        out = enc(pixel_values=exp["x"], interpolate_pos_encoding=True) if enc.config.model_type == "vit" else enc(pixel_values=exp["x"])
+    if enc.config.model_type == "vit":
+        h = out.last_hidden_state
+        feats = h[:, 0] if pooling == "cls" else h[:, 1:].mean(1)
+    else:
+        feats = out.pooler_output.flatten(1)
+    assert torch.allclose(feats, exp["features"], atol=1e-5), d
+print("ok", len(sys.argv) - 1)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, *cases], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"ok {len(ALL)}"
+
+
+def _png(seed, size=(36, 36)):
+    buf = io.BytesIO()
+    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_stream_with_corrupt_images_finishes_and_counts(name, tmp_path):
+    root = tmp_path / "data"
+    for c in range(2):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(6):
+            (root / str(c) / f"img{i}.png").write_bytes(_png(10 * c + i))
+    (root / "0" / "a_zero.png").write_bytes(b"")  # sorted before the good files of its class
+    (root / "0" / "b_truncated.png").write_bytes(_png(99)[:50])
+    (root / "1" / "a_garbage.png").write_bytes(b"\x89PNG not really")
+    config = tiny_config(name)
+    torch.manual_seed(0)
+    model = get_method(name).model_class(config)
+    mode = {1: "L", 3: "RGB"}.get(config.num_channels, "RGB")
+    ds = SSLViewDataset(load_image_stream(str(root), shuffle_buffer=0), build_view_generator(config), image_mode=mode)
+    args = SSLTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
+                                save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
+    trainer.train()
+    assert trainer.skipped_images == 3  # 12 good images = 3 batches; all 3 bad files counted, none lost
+    assert trainer.state.log_history[-2]["skipped_images"] == 3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_resume_equals_uninterrupted(name, tmp_path):
+    def make(out, save_steps):
+        config = tiny_config(name)
+        torch.manual_seed(0)
+        model = get_method(name).model_class(config)
+        ds = SSLViewDataset(load_image_stream("builtin:digits", seed=0, shuffle_buffer=32),
+                            build_view_generator(config), seed=0)
+        args = SSLTrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=4,
+                                    learning_rate=1e-3, logging_steps=1, save_steps=save_steps,
+                                    save_strategy="steps", disable_tqdm=True, seed=0)
+        return SSLTrainer(model=model, args=args, train_dataset=ds)
+
+    full = make(tmp_path / "full", 4)
+    full.train()
+    make(tmp_path / "part", 2).train()
+    resumed = make(tmp_path / "resumed", 2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
+    ref, got = full.model.state_dict(), resumed.model.state_dict()
+    for key in ref:
+        assert torch.allclose(ref[key].float(), got[key].float(), atol=1e-5), key
+    a = [h["loss"] for h in full.state.log_history if "loss" in h]
+    b = [h["loss"] for h in resumed.state.log_history if "loss" in h]
+    assert b == pytest.approx(a, abs=1e-4)
+
+
+def _nonsense_overrides(config):
+    """Generic nonsense values derived from the config's own fields."""
+    out = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if "temperature" in key:
+            out.append((key, -0.1))
+        elif key == "mask_ratio":
+            out.append((key, 1.0))
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nonsense_configs_raise_at_config_time(name):
+    spec = get_method(name)
+    base = dict(TINY_CONFIGS[name])
+    for key, bad in _nonsense_overrides(spec.config_class(**base)):
+        with pytest.raises(ValueError):
+            spec.config_class(**{**base, key: bad})
+    with pytest.raises(ValueError):
+        spec.config_class(**{**base, "backbone_config": "not-a-backbone"})
+    with pytest.raises(ValueError):
+        spec.config_class(**{**base, "backbone_config": {"model_type": "no_such_model_type"}})
+    with pytest.raises(ValueError):  # channel mismatch between config and backbone
+        bb = dict(base["backbone_config"], num_channels=base.get("num_channels", 3) + 1)
+        spec.config_class(**{**base, "backbone_config": bb})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_channel_count_is_a_clear_error(name):
+    model = _model(name).eval()
+    x = _global_view(_batch(model.config, n=2))
+    wrong = torch.randn(x.shape[0], x.shape[1] + 1, *x.shape[2:])
+    with pytest.raises(ValueError, match="channel"):
+        model.get_image_features(wrong)

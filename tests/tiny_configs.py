@@ -1,0 +1,25 @@
+"""Tiny CPU configs for every registered method (tests and the reliability battery).
+
+Every method in `hf_ssl.modeling.registry.METHODS` must have an entry here; `test_registry_has_tiny_configs`
+fails loudly for a new method without one.
+"""
+
+TINY_RESNET = dict(model_type="resnet", layer_type="basic", depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8)
+TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                patch_size=8)
+
+TINY_CONFIGS = {
+    "swav": dict(backbone_config=TINY_RESNET, image_size=32, num_prototypes=16, projection_hidden_dim=32,
+                 projection_dim=16, freeze_prototypes_steps=0,
+                 augmentation={"num_global": 2, "num_local": 2, "local_size": 16}),
+    "cae": dict(backbone_config=TINY_VIT, image_size=32, regressor_depth=1, decoder_depth=1, decoder_num_heads=2,
+                augmentation={"min_block_patches": 2}),
+}
+
+
+def tiny_config(name, **overrides):
+    from hf_ssl.modeling.registry import get_method
+
+    kwargs = dict(TINY_CONFIGS[name])
+    kwargs.update(overrides)
+    return get_method(name).config_class(**kwargs)
