@@ -1,0 +1,117 @@
+"""Shared self-distillation core (DINO-style teacher/student), used by every method that distils an EMA
+teacher's output distribution into a student (DINO/iBOT-style centering + sharpening).
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), ICCV 2021:
+* `DINOHead`: 3-layer MLP (GELU, hidden 2048) -> 256-d bottleneck -> L2 normalisation -> a weight-normalised
+  linear layer to K prototypes whose norm is fixed to 1 by default (`norm_last_layer=True`).
+* `SelfDistillationLoss`: teacher probabilities `softmax((t - center) / tau_t)` (centering + sharpening),
+  student log-probabilities `log_softmax(s / tau_s)`, cross entropy summed over every (teacher global view,
+  student view) pair with different view indices and averaged over pairs. The center is an EMA of the
+  teacher's batch-mean output over ALL processes (`all_reduce`), updated after the loss is computed.
+* Teacher temperature warm-up and the EMA momentum schedule come from `momentum.warmup_then_constant` and
+  `momentum.cosine_schedule`; the teacher is an EMA copy updated with `momentum.ema_update_`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import all_reduce, world_size
+
+
+class NormalizedLinear(nn.Module):
+    """`y = x @ (g * v / ||v||)^T` with one row per output; `g` fixed to 1 unless `learn_scale` (this is
+    weight normalisation with DINO's `norm_last_layer` option, written without torch parametrizations so the
+    state dict stays two plain tensors)."""
+
+    def __init__(self, in_dim: int, out_dim: int, learn_scale: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.scale = nn.Parameter(torch.ones(out_dim, 1)) if learn_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)
+        if self.scale is not None:
+            w = w * self.scale
+        return x @ w.t()
+
+
+class DINOHead(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, use_bn: bool = False, norm_last_layer: bool = True):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("num_layers must be >= 1")
+        layers: List[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = NormalizedLinear(bottleneck_dim, out_dim, learn_scale=not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class SelfDistillationLoss(nn.Module):
+    """DINO's cross-view distillation loss with a DDP-synchronised center (buffer, saved with the model)."""
+
+    def __init__(self, out_dim: int, student_temperature: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        if student_temperature <= 0 or not 0 <= center_momentum < 1:
+            raise ValueError("student_temperature must be > 0 and center_momentum in [0, 1)")
+        self.student_temperature = student_temperature
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def teacher_probabilities(self, teacher_logits: torch.Tensor, teacher_temperature: float) -> torch.Tensor:
+        return F.softmax((teacher_logits.float() - self.center) / teacher_temperature, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
+        batch_sum = all_reduce(teacher_logits.float().sum(dim=0, keepdim=True))
+        batch_mean = batch_sum / (teacher_logits.shape[0] * world_size())
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
+
+    def forward(self, student_logits: Sequence[torch.Tensor], teacher_logits: Sequence[torch.Tensor],
+                teacher_temperature: float, update_center: bool = True,
+                teacher_view_index: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """`student_logits[v]` `[B, K]` for every view v; `teacher_logits[i]` `[B, K]` for the teacher views,
+        which are student views `teacher_view_index[i]` (default: the first ones). Pairs of the same view
+        are skipped."""
+        teacher_view_index = list(teacher_view_index or range(len(teacher_logits)))
+        targets = [self.teacher_probabilities(t, teacher_temperature) for t in teacher_logits]
+        total, pairs = 0.0, 0
+        for i, q in zip(teacher_view_index, targets):
+            for v, s in enumerate(student_logits):
+                if v == i:
+                    continue
+                total = total + torch.sum(-q * F.log_softmax(s.float() / self.student_temperature, dim=-1),
+                                          dim=-1).mean()
+                pairs += 1
+        if pairs == 0:
+            raise ValueError("self-distillation needs at least two views")
+        if update_center and self.training:
+            self.update_center(torch.cat(list(teacher_logits)))
+        return total / pairs
+
+
+def cancel_last_layer_gradients_(head: DINOHead) -> None:
+    """DINO freezes the last layer during the first epoch: drop its gradients before the optimizer step."""
+    for p in head.last_layer.parameters():
+        p.grad = None
+
+
+__all__ = ["NormalizedLinear", "DINOHead", "SelfDistillationLoss", "cancel_last_layer_gradients_"]
