@@ -65,8 +65,9 @@ def test_knn_evaluation_and_lars(tmp_path):
     trainer.train()
     from hf_ssl.training.optim import LARS
 
-    assert isinstance(trainer.optimizer, LARS)
-    decaying = [g["weight_decay"] for g in trainer.optimizer.param_groups if g.get("_hf_ssl_decays")]
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's wrapper
+    assert isinstance(optimizer, LARS)
+    decaying = [g["weight_decay"] for g in optimizer.param_groups if g.get("_hf_ssl_decays")]
     assert decaying and all(wd > 1e-4 for wd in decaying)  # cosine schedule moved towards weight_decay_end
     evals = [h for h in trainer.state.log_history if "eval_knn_accuracy" in h]
     assert evals and 0.0 <= evals[-1]["eval_knn_accuracy"] <= 1.0 and "eval_linear_probe_accuracy" in evals[-1]

@@ -45,6 +45,10 @@ BACKBONE_PRESETS = {
                           hidden_sizes=[224, 448, 1232, 3024], groups_width=112),
     "regnet-y-32gf": dict(model_type="regnet", layer_type="y", depths=[2, 5, 12, 1],
                           hidden_sizes=[232, 696, 1392, 3712], groups_width=232),
+    # SEER's RegNetY-256GF (Goyal et al. 2021; vissl pretrain/swav/models/regnet256Gf_1.yaml: depth 27, w_0 640,
+    # w_a 230.83, w_m 2.53, group width 373 -> these stages; 10444-d features)
+    "regnet-y-256gf": dict(model_type="regnet", layer_type="y", depths=[2, 7, 17, 1],
+                           hidden_sizes=[746, 1492, 4103, 10444], groups_width=373),
     "convnext-tiny": dict(model_type="convnext", depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
     "swinv2-tiny": dict(model_type="swinv2", embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                         window_size=8),
@@ -243,6 +247,42 @@ def vit_forward_visible(vit: nn.Module, pixel_values: torch.Tensor, visible_inde
     return vit_forward_tokens(vit, torch.cat([cls, visible], dim=1))
 
 
+def feature_stride(config: PretrainedConfig) -> int:
+    """Input pixels per cell of the encoder's last feature map: the ViT patch size, `patch * 2**(stages-1)` for
+    Swin, the stem's 4 x the stage downsamplings for ResNet/ConvNeXt (32 for their standard 4-stage layouts).
+    SimMIM/MFM-style heads map each cell back to `stride x stride` pixels (1x1 conv + pixel shuffle)."""
+    family = backbone_family(config)
+    if family == "vit":
+        return int(config.patch_size)
+    if family == "swin":
+        return int(config.patch_size * 2 ** (len(config.depths) - 1))
+    if config.model_type == "resnet":
+        return 4 * 2 ** (len(config.depths) - (0 if getattr(config, "downsample_in_first_stage", False) else 1))
+    if config.model_type in ("convnext", "convnextv2"):
+        return 4 * 2 ** (len(config.depths) - 1)
+    raise ValueError(f"feature_stride is not known for model_type {config.model_type!r}")
+
+
+def encoder_feature_map(encoder: nn.Module, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The encoder's last feature map `[B, C, h, w]` (final norm applied where the model has one): ViT patch tokens
+    without the CLS token, Swin's last-stage tokens, or a ConvNet's last stage, reshaped to the spatial grid.
+    Extra `kwargs` (e.g. `bool_masked_pos` for models built with `use_mask_token=True`) go to the encoder."""
+    family = backbone_family(encoder.config)
+    b, _, h, w = pixel_values.shape
+    if family == "vit":
+        size = encoder.config.image_size
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        kwargs.setdefault("interpolate_pos_encoding", tuple(pixel_values.shape[-2:]) != tuple(size))
+        tokens = encoder(pixel_values=pixel_values, **kwargs).last_hidden_state[:, 1:]
+        gh, gw = h // encoder.config.patch_size, w // encoder.config.patch_size
+        return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
+    out = encoder(pixel_values=pixel_values, **kwargs).last_hidden_state
+    if family == "swin":
+        stride = feature_stride(encoder.config)
+        return out.transpose(1, 2).reshape(b, -1, h // stride, w // stride)
+    return out
+
+
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, name: str = "pixel_values") -> None:
     """A clear error instead of a shape failure deep inside a convolution."""
     if not isinstance(pixel_values, torch.Tensor):
@@ -264,5 +304,5 @@ __all__ = [
     "BACKBONE_PRESETS", "resolve_backbone_config", "backbone_family", "build_backbone", "feature_dim",
     "encode", "pool_vit_tokens", "patchify", "unpatchify", "sincos_pos_embed_2d", "vit_grid",
     "vit_embed_patches", "vit_forward_tokens", "vit_forward_visible", "gather_tokens", "check_pixel_values",
-    "num_channels_of", "count_parameters",
+    "num_channels_of", "count_parameters", "feature_stride", "encoder_feature_map",
 ]

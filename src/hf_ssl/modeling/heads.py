@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,20 +13,30 @@ class MLPHead(nn.Module):
     """Linear-(BN)-act blocks ending in a linear layer (SimCLR/SwAV/BYOL projection and prediction heads).
 
     `num_layers=1` is a single linear map. `last_norm` adds a BatchNorm without affine parameters at the end
-    (SimCLR v2 / MoCo v3)."""
+    (SimCLR v2 / MoCo v3). `layer_norm=True` (with `batch_norm=False`) puts a LayerNorm after each hidden
+    linear instead (BYOL-style heads of FSFM/CMAE that avoid batch statistics)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_norm: bool = True,
-                 last_norm: bool = False, activation: str = "relu"):
+                 last_norm: bool = False, activation: str = "relu", layer_norm: bool = False):
         super().__init__()
         if num_layers < 1:
             raise ValueError("num_layers must be >= 1")
         act = {"relu": nn.ReLU, "gelu": nn.GELU}[activation]
+        # `hidden_dim` may also be a list with one width per hidden layer (e.g. G-SimCLR's 256-128 head)
+        if isinstance(hidden_dim, (list, tuple)):
+            if len(hidden_dim) != num_layers - 1:
+                raise ValueError(f"hidden_dim lists {len(hidden_dim)} widths for {num_layers - 1} hidden layers")
+            hidden_dims = [int(h) for h in hidden_dim]
+        else:
+            hidden_dims = [hidden_dim] * (num_layers - 1)
         layers = []
         dim = in_dim
-        for _ in range(num_layers - 1):
+        for hidden_dim in hidden_dims:
             layers.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden_dim))
+            elif layer_norm:
+                layers.append(nn.LayerNorm(hidden_dim))
             layers.append(act())
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim, bias=not last_norm))
@@ -143,4 +153,139 @@ class TransformerDecoder(nn.Module):
         return self.head(self.norm(x))
 
 
-__all__ = ["MLPHead", "Prototypes", "Attention", "TransformerBlock", "TransformerDecoder"]
+# fixed 2-D sin-cos tables, cached per (dim, grid, device, dtype) so nothing is rebuilt every step
+_SINCOS_CACHE: Dict[tuple, torch.Tensor] = {}
+
+
+def cached_sincos_table(dim: int, grid: Tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """`backbones.sincos_pos_embed_2d(dim, *grid)` `[H*W, dim]` on `device`/`dtype`, built once and cached."""
+    key = (dim, tuple(grid), str(device), dtype)
+    table = _SINCOS_CACHE.get(key)
+    if table is None:
+        from .backbones import sincos_pos_embed_2d
+
+        table = sincos_pos_embed_2d(dim, grid[0], grid[1]).to(device=device, dtype=dtype)
+        _SINCOS_CACHE[key] = table
+    return table
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation `x * (1 + scale) + shift` with per-sample `[B, D]` shift/scale broadcast over tokens."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class AdaLNTransformerBlock(nn.Module):
+    """Pre-norm self-attention block with adaLN-Zero conditioning (DiT, Peebles & Xie 2023): a linear map of the
+    condition vector (applied to `SiLU(cond)` by the caller or with `silu_condition=True`) gives shift, scale and
+    gate for both residual branches; it is zero-initialised (`modulation`), so each block starts as the identity.
+    """
+
+    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, layer_norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.modulation = nn.Linear(cond_dim, 6 * dim)
+        self.modulation._zero_init = True  # model `_init_weights` hooks keep it zero (adaLN-Zero)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class MaskedAutoencoderDecoder(nn.Module):
+    """MAE-style decoder shared by masked-image-modeling methods (MAE, FSFM, UMD, ...).
+
+    Input: encoder tokens of the visible patches `[B, P + K, in_dim]` whose first `P = num_prefix_tokens` tokens
+    are prefix tokens (CLS), and the patch indices `visible_index [B, K]` of the other K tokens. The tokens are
+    embedded to the decoder width (`embed=True`: a linear map, as in MAE; `False` needs `in_dim == dim`), a shared
+    learned `mask_token` fills every position not in `visible_index`, the sequence is put back in row-major patch
+    order, position embeddings are added to the patch tokens (`pos_embed="sincos"`: fixed 2-D sin-cos as in MAE;
+    `"learned"`: a learned table `pos_embed_table [1, num_patches, dim]`; prefix tokens get no position), and the
+    sequence runs through `depth` transformer blocks, a final LayerNorm and a linear prediction layer.
+
+    With `cond_dim` set, the blocks are :class:`AdaLNTransformerBlock` conditioned on a vector `cond [B, cond_dim]`
+    (e.g. a diffusion timestep embedding) and a zero-initialised `final_modulation` shifts/scales the normalised
+    output before the prediction layer (DiT's final layer).
+
+    Returns `[B, P + N, out_dim]` (prefix tokens first); callers slice off the prefix when they predict patches.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0,
+                 num_prefix_tokens: int = 1, pos_embed: str = "sincos", num_patches: Optional[int] = None,
+                 embed: bool = True, cond_dim: Optional[int] = None, layer_norm_eps: float = 1e-6):
+        super().__init__()
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        if pos_embed == "learned" and not num_patches:
+            raise ValueError("pos_embed='learned' needs num_patches")
+        if not embed and in_dim != dim:
+            raise ValueError(f"embed=False needs in_dim == dim, got {in_dim} and {dim}")
+        self.dim = dim
+        self.num_prefix_tokens = num_prefix_tokens
+        self.pos_embed_type = pos_embed
+        self.embed = nn.Linear(in_dim, dim) if embed else nn.Identity()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        if pos_embed == "learned":
+            self.pos_embed_table = nn.Parameter(torch.zeros(1, num_patches, dim))
+            nn.init.normal_(self.pos_embed_table, std=num_patches**-0.5)
+        else:
+            self.pos_embed_table = None
+        self.cond_dim = cond_dim
+        if cond_dim:
+            self.blocks = nn.ModuleList([AdaLNTransformerBlock(dim, num_heads, cond_dim, mlp_ratio, layer_norm_eps)
+                                         for _ in range(depth)])
+            self.final_modulation = nn.Linear(cond_dim, 2 * dim)
+            self.final_modulation._zero_init = True
+            nn.init.zeros_(self.final_modulation.weight)
+            nn.init.zeros_(self.final_modulation.bias)
+        else:
+            self.blocks = nn.ModuleList([TransformerBlock(dim, num_heads, mlp_ratio, layer_norm_eps=layer_norm_eps)
+                                         for _ in range(depth)])
+            self.final_modulation = None
+        self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.head = nn.Linear(dim, out_dim)
+
+    def positions(self, num_patches: int, grid: Optional[Tuple[int, int]], device, dtype) -> torch.Tensor:
+        if self.pos_embed_table is not None:
+            if self.pos_embed_table.shape[1] != num_patches:
+                raise ValueError(f"learned decoder positions cover {self.pos_embed_table.shape[1]} patches, "
+                                 f"got {num_patches}")
+            return self.pos_embed_table.to(dtype)
+        if grid is None or grid[0] * grid[1] != num_patches:
+            raise ValueError(f"sin-cos decoder positions need the patch grid (got {grid} for {num_patches} patches)")
+        return cached_sincos_table(self.dim, grid, device, dtype).unsqueeze(0)
+
+    def forward(self, tokens: torch.Tensor, visible_index: torch.Tensor, num_patches: int,
+                grid: Optional[Tuple[int, int]] = None, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        p = self.num_prefix_tokens
+        x = self.embed(tokens)
+        b, d = x.shape[0], x.shape[-1]
+        if visible_index.shape != (b, x.shape[1] - p):
+            raise ValueError(f"visible_index must be [batch, {x.shape[1] - p}], got {list(visible_index.shape)}")
+        full = self.mask_token.to(x.dtype).expand(b, num_patches, d)
+        full = full.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, d), x[:, p:])
+        full = full + self.positions(num_patches, grid, x.device, x.dtype)
+        x = torch.cat([x[:, :p], full], dim=1)
+        if self.cond_dim:
+            if cond is None:
+                raise ValueError("this decoder is conditioned: pass cond [batch, cond_dim]")
+            for block in self.blocks:
+                x = block(x, cond)
+            shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
+            x = modulate(self.norm(x), shift, scale)
+        else:
+            for block in self.blocks:
+                x = block(x)
+            x = self.norm(x)
+        return self.head(x)
+
+
+__all__ = ["MLPHead", "Prototypes", "Attention", "TransformerBlock", "TransformerDecoder", "cached_sincos_table",
+           "modulate", "AdaLNTransformerBlock", "MaskedAutoencoderDecoder"]

@@ -69,6 +69,14 @@ def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return x
 
 
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast of `x` from process `src` to all processes (no gradient), returns `x` (e.g. MoCo's
+    shuffle-BN permutation). No-op outside `torch.distributed`."""
+    if is_distributed():
+        dist.broadcast(x, src=src)
+    return x
+
+
 # ----------------------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------------------
@@ -130,6 +138,85 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool
     return (l1 + l2) / 2
 
 
+def nt_xent_label_masked(z1: torch.Tensor, z2: torch.Tensor, labels, temperature: float,
+                         gather: bool = True) -> torch.Tensor:
+    """:func:`nt_xent` in which negatives that share the anchor's label are removed from the denominator
+    (G-SimCLR's pseudo-label guidance; also false-negative elimination). `labels` `[B]` are per image (both views
+    of image i carry `labels[i]`); negative values mean "unknown" and never match anything; `labels=None` gives
+    exactly :func:`nt_xent`. The positive (the other view of the same image) is always kept. Labels and embeddings
+    are gathered from all processes like in :func:`nt_xent`."""
+    z1 = F.normalize(z1, dim=1)
+    z2 = F.normalize(z2, dim=1)
+    b = z1.shape[0]
+    offset = rank() * b if gather else 0
+    a1 = all_gather(z1, with_grad=True) if gather else z1
+    a2 = all_gather(z2, with_grad=True) if gather else z2
+    n = a1.shape[0]
+    idx = torch.arange(b, device=z1.device) + offset
+    if labels is None:
+        labels = idx
+    else:
+        labels = torch.as_tensor(labels, device=z1.device).long().view(-1)
+        if labels.shape[0] != b:
+            raise ValueError(f"labels need one entry per image ({b}), got {labels.shape[0]}")
+        labels = torch.where(labels < 0, -1 - idx, labels)  # unknown labels: unique negative ids
+    all_labels = all_gather(labels) if gather else labels
+    same = labels.unsqueeze(1) == all_labels.unsqueeze(0)  # [b, n], includes the image itself
+    self_mask = F.one_hot(idx, n).bool()
+    other_same = same & ~self_mask  # other images with the anchor's label: removed from both blocks
+    logits_11 = (z1 @ a1.t() / temperature).masked_fill(same, float("-inf"))
+    logits_22 = (z2 @ a2.t() / temperature).masked_fill(same, float("-inf"))
+    logits_12 = (z1 @ a2.t() / temperature).masked_fill(other_same, float("-inf"))
+    logits_21 = (z2 @ a1.t() / temperature).masked_fill(other_same, float("-inf"))
+    l1 = F.cross_entropy(torch.cat([logits_12, logits_11], dim=1), idx)
+    l2 = F.cross_entropy(torch.cat([logits_21, logits_22], dim=1), idx)
+    return (l1 + l2) / 2
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, num_clusters: int, iterations: int = 20, seed: int = 0, gather: bool = False,
+           spherical: bool = False):
+    """Deterministic Lloyd k-means (k-means++ initialisation from a generator seeded with `seed`).
+
+    `x` `[N, D]`; with `gather=True` every process contributes its rows and all processes get the k-means of the
+    concatenation (rank order), so N processes compute what one computes on the full set. `spherical=True`
+    L2-normalizes the centroids after each update (cosine k-means on normalized data). Empty clusters keep their
+    previous centroid. Returns `(centroids [K, D], assignments [N_total])`."""
+    if gather:
+        x = all_gather(x)
+    x = x.detach().float()
+    n = x.shape[0]
+    if n < num_clusters:
+        raise ValueError(f"k-means needs at least num_clusters={num_clusters} points, got {n}")
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    first = int(torch.randint(n, (1,), generator=g))
+    centroids = [x[first]]
+    closest = ((x - x[first]) ** 2).sum(dim=1)
+    for _ in range(1, num_clusters):
+        probs = closest.clamp_min(0).cpu().double()
+        total = float(probs.sum())
+        if total <= 0:
+            pick = int(torch.randint(n, (1,), generator=g))
+        else:
+            pick = int(torch.multinomial(probs / total, 1, generator=g))
+        centroids.append(x[pick])
+        closest = torch.minimum(closest, ((x - x[pick]) ** 2).sum(dim=1))
+    c = torch.stack(centroids)
+
+    def assign(c):
+        return (x @ c.t() - 0.5 * (c * c).sum(dim=1)).argmax(dim=1)
+
+    for _ in range(iterations):
+        labels = assign(c)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=num_clusters)
+        nonempty = counts > 0
+        c[nonempty] = sums[nonempty] / counts[nonempty].unsqueeze(1)
+        if spherical:
+            c = F.normalize(c, dim=1)
+    return c, assign(c)
+
+
 def normalized_pixel_targets(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch normalized pixel targets (MAE's `norm_pix_loss`): zero mean, unit variance per patch."""
     mean = patches.mean(dim=-1, keepdim=True)
@@ -138,4 +225,5 @@ def normalized_pixel_targets(patches: torch.Tensor, eps: float = 1e-6) -> torch.
 
 
 __all__ = ["is_distributed", "world_size", "rank", "all_gather", "all_reduce", "sinkhorn_knopp",
-           "soft_cross_entropy", "info_nce", "nt_xent", "normalized_pixel_targets"]
+           "soft_cross_entropy", "info_nce", "nt_xent", "normalized_pixel_targets", "broadcast",
+           "nt_xent_label_masked", "kmeans"]

@@ -81,14 +81,45 @@ def block_mask(
     return flat
 
 
-def frequency_mask(height: int, width: int, radius: float, keep: str = "low") -> np.ndarray:
+def frequency_mask(height: int, width: int, radius: float, keep: str = "low", inclusive: bool = True) -> np.ndarray:
     """Circular low/high-pass mask on a centred (fftshift-ed) spectrum; `True` = frequency removed.
-    `keep='low'` removes frequencies farther than `radius` (in pixels) from the centre (a low-pass filter)."""
+    `keep='low'` removes frequencies farther than `radius` (in pixels) from the centre (a low-pass filter).
+    `inclusive=False` puts frequencies at exactly `radius` outside the circle (MFM's `FreqMaskGenerator`)."""
     if keep not in ("low", "high"):
         raise ValueError("keep must be 'low' or 'high'")
     yy, xx = np.meshgrid(np.arange(height) - height // 2, np.arange(width) - width // 2, indexing="ij")
-    inside = np.sqrt(yy**2 + xx**2) <= radius
+    dist2 = yy**2 + xx**2
+    inside = dist2 <= radius**2 if inclusive else dist2 < radius**2
     return ~inside if keep == "low" else inside
+
+
+def upsampled_random_mask(
+    grid: Tuple[int, int], scale: int, mask_ratio: float, rng: Optional[np.random.Generator] = None
+) -> np.ndarray:
+    """SimMIM mask: exactly `ceil(n * mask_ratio)` of the `n = (gh/scale) * (gw/scale)` cells of a coarse grid are
+    masked at random, then every cell is repeated `scale x scale` times onto the `grid` of model patches (e.g. mask
+    patches of 32 px over 4 px Swin patches: `scale=8`). Returns a flat `[gh * gw]` bool mask (True = masked)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    gh, gw = grid
+    if scale < 1 or gh % scale or gw % scale:
+        raise ValueError(f"patch grid {grid} is not divisible by the mask scale {scale}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    ch, cw = gh // scale, gw // scale
+    count = int(math.ceil(ch * cw * mask_ratio))
+    coarse = np.zeros(ch * cw, dtype=bool)
+    coarse[rng.permutation(ch * cw)[:count]] = True
+    coarse = coarse.reshape(ch, cw)
+    return coarse.repeat(scale, axis=0).repeat(scale, axis=1).reshape(-1)
+
+
+def upsampled_random_mask_torch(batch_size: int, grid: Tuple[int, int], scale: int, mask_ratio: float, device=None,
+                                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Batch `[B, gh * gw]` of :func:`upsampled_random_mask` masks."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    rng = np.random.default_rng(seed)
+    masks = np.stack([upsampled_random_mask(grid, scale, mask_ratio, rng=rng) for _ in range(batch_size)])
+    return torch.from_numpy(masks).to(device)
 
 
 def random_mask_torch(
@@ -130,4 +161,4 @@ def mask_to_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = ["num_masked", "random_mask", "block_mask", "frequency_mask", "random_mask_torch",
-           "block_mask_torch", "mask_to_index"]
+           "block_mask_torch", "mask_to_index", "upsampled_random_mask", "upsampled_random_mask_torch"]

@@ -8,6 +8,13 @@ from typing import Optional
 from transformers import TrainingArguments
 
 
+def _has_accelerator(torch) -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
 @dataclass
 class SSLTrainingArguments(TrainingArguments):
     """Adds weight-decay scheduling, LARS, k-NN / linear-probe evaluation settings and SSL-friendly defaults
@@ -28,10 +35,20 @@ class SSLTrainingArguments(TrainingArguments):
     plot_loss_curve: bool = field(default=True, metadata={"help": "Write loss_curve.png to output_dir at the end."})
 
     def __post_init__(self):
+        import os
+
+        import torch
+
         if self.accelerator_config is None:
             self.accelerator_config = {"dispatch_batches": False}
+        launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+        if launched and not self.use_cpu and not _has_accelerator(torch):
+            # `torchrun` on a machine without an accelerator: accelerate only sets up CPU DDP (gloo) when told
+            # `cpu=True`; otherwise every process would silently train its own copy of the model.
+            self.use_cpu = True
+            if self.ddp_backend is None:
+                self.ddp_backend = "gloo"
         super().__post_init__()
-        import torch
 
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per DataLoader
