@@ -13,6 +13,7 @@ from typing import Dict, Type
 
 # name -> module path. One line per method.
 METHODS: Dict[str, str] = {
+    "swav": "hf_ssl.modeling.swav",
     "cae": "hf_ssl.modeling.cae",
 }
 
