@@ -9,6 +9,10 @@ TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_atten
                 patch_size=8)
 
 TINY_CONFIGS = {
+    "fsfm": dict(backbone_config=TINY_VIT, image_size=32, region_source="grid", rep_decoder_depth=1,
+                 rep_decoder_num_heads=2, decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2,
+                 projection_dim=16, projection_hidden_dim=32),
+    "umd": dict(backbone_config=TINY_VIT, image_size=32, decoder_depth=1, num_timesteps=100),
     "swav": dict(backbone_config=TINY_RESNET, image_size=32, num_prototypes=16, projection_hidden_dim=32,
                  projection_dim=16, freeze_prototypes_steps=0,
                  augmentation={"num_global": 2, "num_local": 2, "local_size": 16}),

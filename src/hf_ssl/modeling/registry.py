@@ -15,6 +15,8 @@ from typing import Dict, Type
 METHODS: Dict[str, str] = {
     "swav": "hf_ssl.modeling.swav",
     "cae": "hf_ssl.modeling.cae",
+    "umd": "hf_ssl.modeling.umd",
+    "fsfm": "hf_ssl.modeling.fsfm",
 }
 
 
