@@ -9,6 +9,11 @@ TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_atten
                 patch_size=8)
 
 TINY_CONFIGS = {
+    "obow": dict(backbone_config=TINY_RESNET, image_size=32, num_words=16,
+                 augmentation={"num_crops": 2, "crop_size": 24, "num_patches": 2, "patch_size": 16}),
+    "interclr": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,
+                     queue_length=16, memory_bank_size=64, num_clusters=4, kmeans_interval=2, kmeans_iterations=5,
+                     inter_start_step=1, num_negatives=8, semihard_rank_range=[0, 16]),
     "fsfm": dict(backbone_config=TINY_VIT, image_size=32, region_source="grid", rep_decoder_depth=1,
                  rep_decoder_num_heads=2, decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2,
                  projection_dim=16, projection_hidden_dim=32),
