@@ -23,6 +23,10 @@ TINY_CONFIGS = {
                  augmentation={"num_global": 2, "num_local": 2, "local_size": 16}),
     "cae": dict(backbone_config=TINY_VIT, image_size=32, regressor_depth=1, decoder_depth=1, decoder_num_heads=2,
                 augmentation={"min_block_patches": 2}),
+    "mfm": dict(backbone_config=TINY_RESNET, image_size=32, mask_radius=4),
+    "satvision": dict(backbone_config=TINY_VIT, image_size=32, num_channels=3, mask_patch_size=16),
+    "cropmae": dict(backbone_config=TINY_VIT, image_size=32, mask_ratio=0.75, decoder_hidden_size=32, decoder_depth=1,
+                    decoder_num_heads=2, decoder_mlp_dim=64),
 }
 
 

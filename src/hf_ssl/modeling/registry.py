@@ -19,6 +19,9 @@ METHODS: Dict[str, str] = {
     "cae": "hf_ssl.modeling.cae",
     "umd": "hf_ssl.modeling.umd",
     "fsfm": "hf_ssl.modeling.fsfm",
+    "mfm": "hf_ssl.modeling.mfm",
+    "satvision": "hf_ssl.modeling.satvision",
+    "cropmae": "hf_ssl.modeling.cropmae",
 }
 
 
