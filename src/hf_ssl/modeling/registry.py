@@ -13,6 +13,8 @@ from typing import Dict, Type
 
 # name -> module path. One line per method.
 METHODS: Dict[str, str] = {
+    "mochi": "hf_ssl.modeling.mochi",
+    "gsimclr": "hf_ssl.modeling.gsimclr",
     "interclr": "hf_ssl.modeling.interclr",
     "obow": "hf_ssl.modeling.obow",
     "swav": "hf_ssl.modeling.swav",
