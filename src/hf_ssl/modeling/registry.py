@@ -36,6 +36,8 @@ class MethodSpec:
     family: str = ""  # "clustering", "contrastive", "masked image modeling", ...
     description: str = ""
     presets: Dict[str, dict] = field(default_factory=dict)  # named config presets (e.g. SEER for SwAV)
+    # trainer settings of the "cpu-demo" run (`hf-ssl pretrain` defaults): max_steps, learning_rate
+    demo_training: Dict[str, float] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:

@@ -76,12 +76,13 @@ def build_config(method: str, preset: Optional[str] = None, overrides: Optional[
 
 def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits", output_dir: Optional[str] = None,
                     preset: Optional[str] = DEMO_PRESET, config_overrides: Optional[Dict[str, Any]] = None,
-                    max_steps: int = 400, batch_size: int = 64, learning_rate: Optional[float] = None,
+                    max_steps: Optional[int] = None, batch_size: int = 64, learning_rate: Optional[float] = None,
                     weight_decay: float = 1e-6, eval_split: str = "test", knn_bank_size: Optional[int] = None,
                     num_workers: int = 0, eval_steps: Optional[int] = None, save_steps: Optional[int] = None,
                     resume: Optional[str] = None, seed: int = 0, push_to_hub: Optional[str] = None,
-                    extra_args: Optional[Dict[str, Any]] = None, log=print) -> Dict[str, Any]:
-    """Pretrain, evaluate before/after with k-NN, save the checkpoint + model card + exported encoder."""
+                    extra_args: Optional[Dict[str, Any]] = None, log=print, save: bool = True) -> Dict[str, Any]:
+    """Pretrain, evaluate before/after with k-NN, save the checkpoint + model card + exported encoder (unless
+    `save=False`, for benchmarks that only want the numbers)."""
     import torch
     from transformers import set_seed
 
@@ -98,7 +99,10 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits
     output_dir = output_dir or os.path.join("hf-ssl-runs", spec.name)
     set_seed(seed)
     model = spec.model_class(config)
-    lr = learning_rate if learning_rate is not None else 1e-3
+    # the demo preset may come with its own budget / learning rate (MethodSpec.demo_training)
+    demo = spec.demo_training if preset == DEMO_PRESET else {}
+    max_steps = max_steps if max_steps is not None else int(demo.get("max_steps", 400))
+    lr = learning_rate if learning_rate is not None else float(demo.get("learning_rate", 1e-3))
     kwargs = dict(output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
                   per_device_eval_batch_size=256, learning_rate=lr, weight_decay=weight_decay,
                   warmup_steps=max(1, int(0.05 * max_steps)), lr_scheduler_type="cosine",
@@ -118,7 +122,7 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits
         f"steps={max_steps} batch={batch_size} device={args.device}")
 
     before = evaluate_representations(model, knn_train, knn_test, k=args.knn_k, temperature=args.knn_temperature,
-                                      device=args.device)
+                                      linear_probe=args.linear_probe, device=args.device)
     log(f"[hf-ssl] k-NN accuracy before training (random init): {before['knn_accuracy']:.4f}")
     trainer = SSLTrainer(model=model, args=args, train_dataset=train_ds, knn_train_dataset=knn_train,
                          knn_eval_dataset=knn_test)
@@ -132,7 +136,7 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits
 
     result = {"method": spec.name, "knn_before": before, "knn_after": after, "train_seconds": elapsed,
               "skipped_images": trainer.skipped_images, "output_dir": output_dir}
-    if trainer.is_world_process_zero():
+    if save and trainer.is_world_process_zero():
         final_dir = os.path.join(output_dir, "final")
         save_run(trainer, final_dir, dataset=dataset, metrics={
             "knn_accuracy (random init)": before["knn_accuracy"], "knn_accuracy": after["knn_accuracy"],
@@ -222,7 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=DEMO_PRESET, help="method preset (e.g. seer for swav); 'none' for paper defaults")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides (JSON values)")
     p.add_argument("--output-dir")
-    p.add_argument("--max-steps", type=int, default=400)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps (default: the cpu-demo preset's budget, else 400)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--weight-decay", type=float, default=1e-6)

@@ -57,6 +57,18 @@ from .configuration_cae import CAEConfig
 from .image_processing_cae import CAEImageProcessor
 from .modeling_cae import CAEForSelfSupervisedPretraining
 
+CPU_DEMO_PRESET = {
+    # the short CPU run of `hf-ssl pretrain --method cae` on the 32 px built-in digits; not a paper setting
+    "backbone_config": "vit-micro",
+    "image_size": 32,
+    "regressor_depth": 2,
+    "decoder_depth": 2,
+    "decoder_hidden_size": 128,
+    "decoder_num_heads": 4,
+    "feature_pooling": "mean",
+    "augmentation": {"crop_scale": [0.5, 1.0], "horizontal_flip": 0.0, "min_block_patches": 4},
+}
+
 METHOD = MethodSpec(
     name="cae",
     config_class=CAEConfig,
@@ -68,6 +80,7 @@ METHOD = MethodSpec(
         "patches' latents (aligned, stop-gradient, with the encoder's own latents of those patches) and a decoder "
         "reconstructs the masked patches from them; block-wise 50% masking."
     ),
+    presets={"cpu-demo": CPU_DEMO_PRESET},
 )
 
 __all__ = ["CAEConfig", "CAEForSelfSupervisedPretraining", "CAEImageProcessor", "METHOD"]

@@ -34,11 +34,12 @@ Presets (`METHOD.make_config(preset)`):
   multi-crop 2x224 + 4x96 with the SwAV scales (VISSL `transforms/multicrop_2x224_4x96.yaml`). Trainer-side SEER
   settings (not config fields): LARS, weight decay 1e-5, batch 8192, lr warm-up 0.15 -> 9.6 over 8k steps then cosine
   to 0.0096, SyncBN in groups of 64, mixed precision, activation checkpointing, one pass over 1B images.
-* `"cpu-demo"` — the small CPU run of `hf-ssl pretrain` (32 px digits, `resnet-tiny`, 30 prototypes, 512-64 head,
-  prototypes frozen 20 steps, two 32 px crops of scale 0.6-1 with flip and colour jitter, no blur). Not a paper
-  setting: with the paper's crop scales, or with 16 px local crops, this tiny model collapses on 32 px digits within
-  ~20 AdamW steps (loss stuck at ln K, the failure mode described in the official README), while identical or mildly
-  augmented views train normally; this preset raises k-NN accuracy over the random-init encoder in 400 steps.
+* `"cpu-demo"` — the default CPU run of `hf-ssl pretrain` (32 px digits, `resnet-tiny`, 100 prototypes, 512-64 head,
+  prototypes frozen 20 steps, two 32 px crops of scale 0.6-1 with flip and colour jitter, no blur; AdamW lr 5e-4,
+  1200 steps of batch 64, `METHOD.demo_training`). Not a paper setting: with the paper's crop scales, or with 16 px
+  local crops, this tiny model collapses on 32 px digits within ~20 AdamW steps (loss stuck at ln K, the failure mode
+  described in the official README), while identical or mildly augmented views train normally. Measured on 2 CPU
+  cores: k-NN 0.907 (random init) -> 0.957 in ~90 s of training (30 prototypes / lr 1e-3 / 400 steps stayed at 0.907).
 
 Deviations from the paper / official code:
 
@@ -97,7 +98,7 @@ SEER_PRESET = {
 CPU_DEMO_PRESET = {
     "backbone_config": "resnet-tiny",
     "image_size": 32,
-    "num_prototypes": 30,
+    "num_prototypes": 100,
     "projection_hidden_dim": 512,
     "projection_dim": 64,
     "freeze_prototypes_steps": 20,
@@ -116,6 +117,7 @@ METHOD = MethodSpec(
         "equipartitioned Sinkhorn-Knopp code of one view is predicted from every other view."
     ),
     presets={"seer": SEER_PRESET, "cpu-demo": CPU_DEMO_PRESET},
+    demo_training={"max_steps": 1200, "learning_rate": 5e-4},
 )
 
 __all__ = ["SwAVConfig", "SwAVForSelfSupervisedPretraining", "SwAVImageProcessor", "METHOD"]
