@@ -244,6 +244,16 @@ def main(argv=None) -> int:
     e.add_argument("--split", default="test")
     e.add_argument("--linear-probe", action="store_true")
     e.add_argument("--k", type=int, default=20)
+    e.add_argument("--few-shot", type=int, nargs="*", metavar="N",
+                   help="few-shot k-NN + linear probe with N labeled images per class (e.g. 1 2 4 8 16)")
+    e.add_argument("--few-shot-trials", type=int, default=5)
+    e.add_argument("--peft", action="store_true",
+                   help="also LoRA fine-tune the encoder (stock classification head) and report its accuracy")
+    e.add_argument("--peft-steps", type=int, default=200)
+    e.add_argument("--protocol", choices=["radiology"],
+                   help="'radiology': the DINOv2-radiology study's protocol = k-NN + linear probe + few-shot "
+                        "(1, 2, 4, 8, 16 per class) + LoRA fine-tune")
+    e.add_argument("--output-dir", default=None, help="where --peft writes its adapter (default: a temp dir)")
 
     f = sub.add_parser("finetune", help="LoRA fine-tune an exported encoder with a stock classification head")
     f.add_argument("encoder")
@@ -295,10 +305,29 @@ def main(argv=None) -> int:
         from .data import labeled_eval_dataset
         from .evaluation import evaluate_representations
 
+        from .evaluation import extract_features, few_shot_metrics, knn_and_linear_metrics
+
+        if args.protocol == "radiology":
+            args.linear_probe, args.peft = True, True
+            args.few_shot = args.few_shot or [1, 2, 4, 8, 16]
         model = _load_ssl_model(args.model)
-        metrics = evaluate_representations(
-            model, labeled_eval_dataset(args.dataset, "train", model.config),
-            labeled_eval_dataset(args.dataset, args.split, model.config), k=args.k, linear_probe=args.linear_probe)
+        train = extract_features(model, labeled_eval_dataset(args.dataset, "train", model.config), desc="train")
+        test = extract_features(model, labeled_eval_dataset(args.dataset, args.split, model.config), desc="test")
+        metrics = knn_and_linear_metrics(train, test, k=args.k, linear_probe=args.linear_probe)
+        if args.few_shot:
+            metrics.update(few_shot_metrics(train, test, shots=args.few_shot, trials=args.few_shot_trials, k=args.k))
+        if args.peft:
+            import tempfile
+
+            from .downstream import finetune_with_lora
+
+            with tempfile.TemporaryDirectory() as tmp:
+                encoder_dir = args.model
+                if not isinstance(model, _StockEncoder):
+                    encoder_dir = model.export_encoder(os.path.join(tmp, "encoder"))
+                peft_metrics = finetune_with_lora(encoder_dir, args.dataset, args.output_dir or os.path.join(tmp, "lora"),
+                                                  max_steps=args.peft_steps, eval_split=args.split, disable_tqdm=True)
+            metrics.update({f"peft_{k}": v for k, v in peft_metrics.items()})
         print(json.dumps(metrics, indent=2))
         return 0
     if command == "finetune":

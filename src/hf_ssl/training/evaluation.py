@@ -59,3 +59,34 @@ def evaluate_representations(model, train_dataset, test_dataset, batch_size: int
     test = extract_features(model, test_dataset, batch_size, device, desc="k-NN queries",
                             disable_progress=disable_progress)
     return knn_and_linear_metrics(train, test, k=k, temperature=temperature, linear_probe=linear_probe)
+
+
+def few_shot_metrics(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
+                     shots=(1, 2, 4, 8, 16), trials: int = 5, k: int = 20, temperature: float = 0.07,
+                     seed: int = 0) -> Dict[str, float]:
+    """Few-shot protocol of the DINOv2-radiology study (Baharoon et al., 2023, "Towards General Purpose Vision
+    Foundation Models for Medical Image Analysis: An Experimental Study of DINOv2 on Radiology Benchmarks"):
+    for each `n` in `shots`, `trials` times draw `n` labeled training images per class (without replacement,
+    seeded), fit the k-NN (k capped at the support size) and the linear probe on those only, and score the whole
+    test split. Returns `fewshot_{n}_{knn|linear}_accuracy` (mean over trials) and `..._std`. Classes with fewer
+    than `n` training images contribute all they have."""
+    (xtr, ytr), (xte, yte) = train, test
+    classes = np.unique(ytr)
+    rng = np.random.default_rng(seed)
+    out: Dict[str, float] = {}
+    for n in shots:
+        if n < 1:
+            raise ValueError(f"few-shot sizes must be >= 1, got {n}")
+        knn, lin = [], []
+        for _ in range(trials):
+            idx = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:n] for c in classes])
+            support = (xtr[idx], ytr[idx])
+            m = knn_and_linear_metrics(support, (xte, yte), k=min(k, len(idx)), temperature=temperature,
+                                       linear_probe=True)
+            knn.append(m["knn_accuracy"])
+            lin.append(m["linear_probe_accuracy"])
+        out[f"fewshot_{n}_knn_accuracy"] = float(np.mean(knn))
+        out[f"fewshot_{n}_knn_accuracy_std"] = float(np.std(knn))
+        out[f"fewshot_{n}_linear_accuracy"] = float(np.mean(lin))
+        out[f"fewshot_{n}_linear_accuracy_std"] = float(np.std(lin))
+    return out
