@@ -1,13 +1,14 @@
 """Representation quality after a fixed small pretraining budget, per method, on the default real dataset.
 
 For every registered method (or `--methods ...`) this pretrains the method's `cpu-demo` preset on the built-in
-digits (real 8x8 scans upsampled by the method's image processor) for `--steps` optimizer steps with the same
+digits (real 8x8 scans upsampled by the method's image processor) for `--steps` optimizer steps (default: the
+preset's own budget, `MethodSpec.demo_training`, else 400) with the same
 optimizer recipe as `hf-ssl pretrain` (AdamW, cosine schedule, batch 64), then reports weighted k-NN and
 linear-probe accuracy of the pooled encoder features on the held-out split, next to the same numbers for the
 random-init encoder (same seed, same architecture). `--with-lightly` adds lightly's implementation of the same
 method where lightly has one (SwAV), trained for the same budget on the same views and evaluated by the same code.
 
-    python benchmarks/quality.py                              # all methods, 300 steps each
+    python benchmarks/quality.py                              # all methods, each at its cpu-demo budget
     python benchmarks/quality.py --methods swav cae --steps 600
     venv-lightly/bin/python benchmarks/quality.py --methods swav --with-lightly
 
@@ -34,8 +35,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_method(name: str, steps: int, seed: int, batch_size: int, workdir: str):
     from hf_ssl.training.cli import run_pretraining
 
+    if steps is None:  # the method's own cpu-demo budget (MethodSpec.demo_training), else 400 like `hf-ssl pretrain`
+        steps = int(get_method(name).demo_training.get("max_steps", 400))
     res = run_pretraining(name, output_dir=os.path.join(workdir, name), max_steps=steps, batch_size=batch_size,
-                          seed=seed, extra_args={"linear_probe": True, "save_strategy": "no"},
+                          seed=seed, extra_args={"linear_probe": True, "save_strategy": "no", "disable_tqdm": True},
                           log=lambda *a, **k: None, save=False)
     return {
         "method": name,
@@ -122,7 +125,8 @@ def to_markdown(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per method (default: each method's cpu-demo budget, else 400)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-lightly", action="store_true")
@@ -146,7 +150,8 @@ def main(argv=None):
                   f"{_fmt(row['linear_probe_random_init'])} -> {_fmt(row['linear_probe'])} | {row['train_seconds']}s",
                   flush=True)
         if args.with_lightly and "swav" in methods:
-            row = run_lightly_swav(args.steps, args.seed, args.batch_size)
+            steps = args.steps or int(get_method("swav").demo_training.get("max_steps", 400))
+            row = run_lightly_swav(steps, args.seed, args.batch_size)
             existing[row["method"]] = row
             print(f"{row['method']} k-NN {_fmt(row['knn_random_init'])} -> {_fmt(row['knn'])} | linear "
                   f"{_fmt(row['linear_probe_random_init'])} -> {_fmt(row['linear_probe'])}", flush=True)
