@@ -14,6 +14,7 @@ normalisation for SwAV). lightly is used the way its documentation examples use 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -39,32 +40,50 @@ def _timed(step, steps, warmup):
     return time.perf_counter() - start
 
 
-def swav_pair(config, batch, lr):
-    """(hf_ssl step, lightly step) for SwAV with identical encoder weights."""
-    from lightly.loss import SwaVLoss
-    from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+def _adamw(params, lr):
+    return torch.optim.AdamW([q for q in params if q.requires_grad], lr=lr)
 
-    torch.manual_seed(0)
-    ours = get_method("swav").model_class(config).train()
-    opt = torch.optim.AdamW(ours.parameters(), lr=lr)
+
+def _ours_step(model, batch, lr):
+    """A full hf_ssl training step as SSLTrainer runs it (forward, backward, AdamW, `on_step_end`)."""
+    opt = _adamw(model.parameters(), lr)
     counter = [0]
 
-    def ours_step():
-        loss = ours(**batch).loss
+    def step():
+        loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         counter[0] += 1
-        ours.on_step_end(counter[0], 10**6)
+        model.on_step_end(counter[0], 10**6)
+
+    return step
+
+
+def _local_size(image_size):
+    return max(8, int(round(image_size * 96 / 224 / 8)) * 8)
+
+
+def swav_pair(args):
+    """SwAV: hf_ssl's SwAV vs lightly's SwaVProjectionHead + SwaVPrototypes + SwaVLoss, identical encoder."""
+    from lightly.loss import SwaVLoss
+    from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+
+    spec = get_method("swav")
+    config = spec.make_config(None, backbone_config=args.backbone, image_size=args.image_size,
+                              augmentation={"local_size": _local_size(args.image_size)}, num_prototypes=300,
+                              projection_hidden_dim=512, projection_dim=128)
+    batch = make_batch(config, args.batch_size)
+    torch.manual_seed(0)
+    ours = _ours_step(spec.model_class(config).train(), batch, args.lr)
 
     torch.manual_seed(0)
-    peer_encoder = get_method("swav").model_class(config).encoder.train()
+    peer_encoder = spec.model_class(config).encoder.train()
     head = SwaVProjectionHead(feature_dim(config.backbone_config), config.projection_hidden_dim, config.projection_dim)
     prototypes = SwaVPrototypes(config.projection_dim, n_prototypes=config.num_prototypes)
     criterion = SwaVLoss(temperature=config.swav_temperature, sinkhorn_iterations=config.sinkhorn_iterations,
                          sinkhorn_epsilon=config.sinkhorn_epsilon)
-    params = list(peer_encoder.parameters()) + list(head.parameters()) + list(prototypes.parameters())
-    popt = torch.optim.AdamW(params, lr=lr)
+    popt = _adamw(list(peer_encoder.parameters()) + list(head.parameters()) + list(prototypes.parameters()), args.lr)
     views = batch["pixel_values"]
     n_global = config.augmentation["num_global"]
 
@@ -76,10 +95,189 @@ def swav_pair(config, batch, lr):
         popt.step()
         popt.zero_grad(set_to_none=True)
 
-    return ours_step, peer_step
+    return ours, peer_step, len(views)
 
 
-PAIRS = {"swav": swav_pair}
+def moco_pair(args):
+    """MoCo v2: hf_ssl's MoCHi with hard-negative mixing switched off (its MoCo v2 base: momentum key encoder,
+    shuffle-BN, queue) vs lightly's MoCoProjectionHead + NTXentLoss(memory bank) + batch_shuffle + update_momentum."""
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import MoCoProjectionHead
+    from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+
+    spec = get_method("mochi")
+    queue = 4096
+    config = spec.make_config(None, backbone_config=args.backbone, image_size=args.image_size, queue_size=queue,
+                              projection_hidden_dim=512, projection_dim=128, mixing_start_step=10**9)
+    batch = make_batch(config, args.batch_size)
+    torch.manual_seed(0)
+    ours = _ours_step(spec.model_class(config).train(), batch, args.lr)
+
+    torch.manual_seed(0)
+    encoder = spec.model_class(config).encoder.train()
+    head = MoCoProjectionHead(feature_dim(config.backbone_config), 512, 128)
+    key_encoder, key_head = copy.deepcopy(encoder), copy.deepcopy(head)
+    deactivate_requires_grad(key_encoder)
+    deactivate_requires_grad(key_head)
+    criterion = NTXentLoss(temperature=config.contrastive_temperature, memory_bank_size=(queue, 128))
+    popt = _adamw(list(encoder.parameters()) + list(head.parameters()), args.lr)
+    x_q, x_k = batch["pixel_values"][:2]
+
+    def peer_step():
+        update_momentum(encoder, key_encoder, m=config.teacher_momentum)
+        update_momentum(head, key_head, m=config.teacher_momentum)
+        q = head(encode(encoder, x_q))
+        with torch.no_grad():
+            shuffled, order = batch_shuffle(x_k)
+            k = batch_unshuffle(key_head(encode(key_encoder, shuffled)), order)
+        loss = criterion(q, k)
+        loss.backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+
+    return ours, peer_step, 2
+
+
+def simclr_pair(args):
+    """SimCLR: hf_ssl's G-SimCLR (NT-Xent + pseudo-label guidance, k-means refresh interval left at its default)
+    vs lightly's SimCLRProjectionHead + NTXentLoss with the same head sizes."""
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
+    spec = get_method("gsimclr")
+    config = spec.make_config(None, backbone_config=args.backbone, image_size=args.image_size)
+    batch = make_batch(config, args.batch_size)
+    torch.manual_seed(0)
+    ours = _ours_step(spec.model_class(config).train(), batch, args.lr)
+
+    torch.manual_seed(0)
+    encoder = spec.model_class(config).encoder.train()
+    dims = [feature_dim(config.backbone_config)] + list(config.projection_hidden_dims)
+    head = SimCLRProjectionHead(dims[0], dims[1], config.projection_dim, num_layers=len(dims))
+    criterion = NTXentLoss(temperature=config.contrastive_temperature)
+    popt = _adamw(list(encoder.parameters()) + list(head.parameters()), args.lr)
+    x0, x1 = batch["pixel_values"][:2]
+
+    def peer_step():
+        loss = criterion(head(encode(encoder, x0)), head(encode(encoder, x1)))
+        loss.backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+
+    return ours, peer_step, 2
+
+
+def dino_pair(args):
+    """DINO: hf_ssl's shared self-distillation core (DINOHead, SelfDistillationLoss with all-reduced centering,
+    EMA teacher via momentum.ema_update_) vs lightly's DINOProjectionHead + DINOLoss + update_momentum, on the
+    same multi-crop batch (2 global + local crops) and the same encoder."""
+    from lightly.loss import DINOLoss
+    from lightly.models.modules import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    from hf_ssl.modeling.distillation import DINOHead, SelfDistillationLoss
+    from hf_ssl.modeling.momentum import copy_weights_, ema_update_, freeze_
+
+    out_dim, hidden, bottleneck = 4096, 512, 128
+    config = get_method("swav").make_config(None, backbone_config=args.backbone, image_size=args.image_size,
+                                            augmentation={"local_size": _local_size(args.image_size)})
+    batch = make_batch(config, args.batch_size)
+    views = batch["pixel_values"]
+    n_global = config.augmentation["num_global"]
+    dim = feature_dim(config.backbone_config)
+
+    def build():
+        torch.manual_seed(0)
+        return get_method("swav").model_class(config).encoder.train()
+
+    student = build()
+    s_head = DINOHead(dim, out_dim, hidden_dim=hidden, bottleneck_dim=bottleneck)
+    teacher, t_head = build(), DINOHead(dim, out_dim, hidden_dim=hidden, bottleneck_dim=bottleneck)
+    copy_weights_(teacher, student)
+    copy_weights_(t_head, s_head)
+    freeze_(teacher)
+    freeze_(t_head)
+    criterion = SelfDistillationLoss(out_dim)
+    opt = _adamw(list(student.parameters()) + list(s_head.parameters()), args.lr)
+
+    def ours():
+        with torch.no_grad():
+            t_out = [t_head(encode(teacher, v)) for v in views[:n_global]]
+        s_out = [s_head(encode(student, v)) for v in views]
+        loss = criterion(s_out, t_out, teacher_temperature=0.04)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update_(teacher, student, 0.996)
+        ema_update_(t_head, s_head, 0.996)
+
+    p_student = build()
+    p_head = DINOProjectionHead(dim, hidden, bottleneck, out_dim)
+    p_teacher = copy.deepcopy(p_student)
+    p_thead = DINOProjectionHead(dim, hidden, bottleneck, out_dim)  # weight_norm modules cannot be deep-copied
+    p_thead.load_state_dict(p_head.state_dict())
+    deactivate_requires_grad(p_teacher)
+    deactivate_requires_grad(p_thead)
+    p_criterion = DINOLoss(output_dim=out_dim)
+    popt = _adamw(list(p_student.parameters()) + list(p_head.parameters()), args.lr)
+
+    def peer_step():
+        with torch.no_grad():
+            t_out = [p_thead(encode(p_teacher, v)) for v in views[:n_global]]
+        s_out = [p_head(encode(p_student, v)) for v in views]
+        loss = p_criterion(t_out, s_out, epoch=0)
+        loss.backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+        update_momentum(p_student, p_teacher, m=0.996)
+        update_momentum(p_head, p_thead, m=0.996)
+
+    return ours, peer_step, len(views)
+
+
+def mae_encoder_pair(args):
+    """MAE-style masked encoding (the part CAE / CropMAE / UMD / FSFM share): hf_ssl's visible-token forward on a
+    stock transformers ViTModel (`backbones.vit_forward_visible`, 75% of patches dropped before the encoder) vs
+    lightly's MaskedVisionTransformerTorchvision on a torchvision VisionTransformer of identical size, same mask,
+    forward + backward + AdamW. (Different ViT implementations by necessity: lightly's MAE wraps torchvision/timm.)"""
+    from lightly.models.modules import MaskedVisionTransformerTorchvision
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from hf_ssl.modeling.backbones import build_backbone, resolve_backbone_config, vit_forward_visible, vit_grid
+
+    vit_cfg = resolve_backbone_config(args.vit_backbone, "vit-micro", image_size=args.image_size, num_channels=3)
+    grid = vit_grid(vit_cfg)
+    n = grid[0] * grid[1]
+    keep = n - int(round(0.75 * n))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    visible = torch.argsort(torch.rand(args.batch_size, n), dim=1)[:, :keep].sort(dim=1).values
+    ours_vit = build_backbone(vit_cfg).train()
+    opt = _adamw(ours_vit.parameters(), args.lr)
+
+    def ours():
+        tokens = vit_forward_visible(ours_vit, x, visible)
+        tokens.pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    tv = VisionTransformer(image_size=args.image_size, patch_size=vit_cfg.patch_size,
+                           num_layers=vit_cfg.num_hidden_layers, num_heads=vit_cfg.num_attention_heads,
+                           hidden_dim=vit_cfg.hidden_size, mlp_dim=vit_cfg.intermediate_size)
+    peer = MaskedVisionTransformerTorchvision(vit=tv).train()
+    popt = _adamw(peer.parameters(), args.lr)
+    idx_keep = torch.cat([torch.zeros(args.batch_size, 1, dtype=torch.long), visible + 1], dim=1)  # + class token
+
+    def peer_step():
+        tokens = peer.encode(images=x, idx_keep=idx_keep)
+        tokens.pow(2).mean().backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+
+    return ours, peer_step, 1
+
+
+PAIRS = {"swav": swav_pair, "moco": moco_pair, "simclr": simclr_pair, "dino": dino_pair, "mae_encoder": mae_encoder_pair}
 
 
 def main(argv=None):
@@ -92,6 +290,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--vit-backbone", default="vit-micro", help="ViT preset for the mae_encoder pair")
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--json")
     args = p.parse_args(argv)
     if args.threads:
@@ -102,22 +302,16 @@ def main(argv=None):
           f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size}")
     rows = []
     for name in args.methods:
-        spec = get_method(name)
-        local = max(8, int(round(args.image_size * 96 / 224 / 8)) * 8)
-        config = spec.make_config(None, backbone_config=args.backbone, image_size=args.image_size,
-                                  augmentation={"local_size": local}, num_prototypes=300,
-                                  projection_hidden_dim=512, projection_dim=128)
-        batch = make_batch(config, args.batch_size)
-        ours_step, peer_step = PAIRS[name](config, batch, lr=1e-4)
+        ours_step, peer_step, views = PAIRS[name](args)
         ours_rates, peer_rates = [], []
         for _ in range(args.rounds):
             ours_rates.append(args.batch_size * args.steps / _timed(ours_step, args.steps, args.warmup))
             peer_rates.append(args.batch_size * args.steps / _timed(peer_step, args.steps, args.warmup))
         o, q = statistics.median(ours_rates), statistics.median(peer_rates)
-        row = {"method": name, "hf_ssl_images_per_s": round(o, 2), "lightly_images_per_s": round(q, 2),
-               "speedup": round(o / q, 3), "views": len(batch["pixel_values"])}
+        row = {"pair": name, "hf_ssl_images_per_s": round(o, 2), "lightly_images_per_s": round(q, 2),
+               "speedup": round(o / q, 3), "views": views}
         rows.append(row)
-        print(f"{name:8s} hf_ssl {o:8.2f} img/s | lightly {q:8.2f} img/s | hf_ssl/lightly {o / q:5.2f}x")
+        print(f"{name:12s} hf_ssl {o:8.2f} img/s | lightly {q:8.2f} img/s | hf_ssl/lightly {o / q:5.2f}x", flush=True)
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=2)
     return rows
