@@ -93,13 +93,14 @@ class SelfDistillationLoss(nn.Module):
         are skipped."""
         teacher_view_index = list(teacher_view_index or range(len(teacher_logits)))
         targets = [self.teacher_probabilities(t, teacher_temperature) for t in teacher_logits]
+        # each student view's log-probabilities once (not once per teacher view they are paired with)
+        log_probs = [F.log_softmax(s.float() / self.student_temperature, dim=-1) for s in student_logits]
         total, pairs = 0.0, 0
         for i, q in zip(teacher_view_index, targets):
-            for v, s in enumerate(student_logits):
+            for v, log_p in enumerate(log_probs):
                 if v == i:
                     continue
-                total = total + torch.sum(-q * F.log_softmax(s.float() / self.student_temperature, dim=-1),
-                                          dim=-1).mean()
+                total = total + torch.sum(-q * log_p, dim=-1).mean()
                 pairs += 1
         if pairs == 0:
             raise ValueError("self-distillation needs at least two views")
