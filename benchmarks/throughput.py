@@ -71,7 +71,7 @@ def time_fn(fn, steps, warmup, device):
     return time.perf_counter() - start
 
 
-def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype):
+def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype, channels_last=False):
     spec = get_method(name)
     overrides = {"backbone_config": backbone, "image_size": image_size}
     try:
@@ -86,6 +86,12 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
     batch = to_device(make_batch(config, batch_size), device)
     encoder = build_backbone(config.backbone_config).to(device).train()
     eopt = torch.optim.AdamW(encoder.parameters(), lr=1e-4, fused=device.type == "cuda")
+    if channels_last:  # what SSLTrainingArguments(channels_last=True) does
+        from hf_ssl.training.trainer import _to_channels_last
+
+        model.to(memory_format=torch.channels_last)
+        encoder.to(memory_format=torch.channels_last)
+        batch = {k: _to_channels_last(v) for k, v in batch.items()}
     x = global_views(batch)
     step_counter = [0]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
@@ -132,6 +138,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (ConvNets)")
     p.add_argument("--json", help="also write results to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -140,12 +147,12 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.bf16 else None
     rows = []
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} backbone={args.backbone} "
-          f"image={args.image_size} batch={args.batch_size}")
+          f"image={args.image_size} batch={args.batch_size} channels_last={args.channels_last}")
     print(f"{'method':10s} {'backbone':9s} {'views':>5s} {'method img/s':>13s} {'backbone f+b img/s':>19s} "
           f"{'ratio':>6s} {'peak MiB':>9s}")
     for name in args.methods or available_methods():
         row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
-                           args.rounds, device, dtype)
+                           args.rounds, device, dtype, channels_last=args.channels_last)
         rows.append(row)
         print(f"{row['method']:10s} {row['backbone']:9s} {row['views']:5d} {row['method_images_per_s']:13.1f} "
               f"{row['backbone_fwd_bwd_images_per_s']:19.1f} {row['ratio_method_over_backbone']:6.3f} "

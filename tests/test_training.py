@@ -52,6 +52,20 @@ def test_on_step_end_called_every_optimizer_step(tmp_path, monkeypatch):
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_channels_last_training_matches_default_layout(tmp_path):
+    """`channels_last=True` converts the ConvNet weights and image inputs, and trains to the same numbers."""
+    losses = {}
+    for flag in (False, True):
+        trainer = _trainer("swav", tmp_path / f"run-{flag}", max_steps=2, channels_last=flag)
+        if flag:
+            convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+        trainer.train()
+        losses[flag] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+
+
 def test_knn_evaluation_and_lars(tmp_path):
     config = tiny_config("swav")
     model = get_method("swav").model_class(config)

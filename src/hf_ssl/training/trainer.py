@@ -46,6 +46,8 @@ class SSLTrainer(Trainer):
         self._metric_count = 0
         self._skipped = torch.zeros((), dtype=torch.long)
         self._staging = False
+        if getattr(self.args, "channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
 
     # -- optimisation -------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -79,6 +81,8 @@ class SSLTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._count_skipped(inputs.pop("num_skipped", None))
+        if getattr(self.args, "channels_last", False):
+            inputs = {k: _to_channels_last(v) for k, v in inputs.items()}
         outputs = model(**inputs, return_dict=True)
         loss = outputs.loss
         if loss is None:
@@ -165,6 +169,15 @@ class SSLTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
             shutil.rmtree(os.path.join(run_dir, STAGING_DIR), ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+
+def _to_channels_last(value):
+    """4-D float image tensors (alone or in a list of views) -> channels-last memory format; the rest unchanged."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_channels_last(v) for v in value)
+    if torch.is_tensor(value) and value.dim() == 4 and value.is_floating_point():
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
 
 
 def _fsync_dir(path: str) -> None:
