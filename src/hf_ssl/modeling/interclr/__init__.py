@@ -19,7 +19,7 @@ Method (MoCo-InterCLR, as in the official code):
 
 Presets: `"cpu-demo"` - the short CPU run of `hf-ssl pretrain` on the 32 px built-in digits (`resnet-tiny`, 512-64
 neck, 1024-key queue, 8192-slot bank, 30 clusters, 64 semi-hard negatives from ranks [0, 512), k-means after 30
-steps, teacher momentum 0.99). Not a paper setting.
+steps, teacher momentum 0.99; 400 steps at AdamW 3e-4, `METHOD.demo_training`). Not a paper setting.
 
 Deviations from the paper / official code:
 
@@ -82,6 +82,8 @@ METHOD = MethodSpec(
         "k-means gives same-cluster positives and semi-hard other-cluster negatives, with a MarginNCE loss."
     ),
     presets={"cpu-demo": CPU_DEMO_PRESET},
+    # 400 steps of batch 64 at AdamW 3e-4: k-NN 0.907 -> 0.957 on the digits (1e-3 overshoots: 0.863)
+    demo_training={"max_steps": 400, "learning_rate": 3e-4},
 )
 
 __all__ = ["InterCLRConfig", "InterCLRForSelfSupervisedPretraining", "InterCLRImageProcessor", "METHOD"]
