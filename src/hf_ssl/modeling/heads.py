@@ -83,6 +83,12 @@ class Attention(nn.Module):
                 value_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`value_context` (same length as `context`) feeds the values while `context` feeds the keys, for
         blocks that add position embeddings to keys but not to values (CAE's regressor)."""
+        q, k, v = self.project(x, context, value_context)
+        return self.attend(q, k, v, attn_mask)
+
+    def project(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                value_context: Optional[torch.Tensor] = None):
+        """Per-head queries `[B, h, N, d/h]` from `x`, keys/values from `context` (default `x`)."""
         context = x if context is None else context
         b, n, d = x.shape
         h = self.num_heads
@@ -94,9 +100,14 @@ class Attention(nn.Module):
             b_k, b_v = self.kv.bias.chunk(2) if self.kv.bias is not None else (None, None)
             k = F.linear(context, w_k, b_k).reshape(b, context.shape[1], h, d // h).transpose(1, 2)
             v = F.linear(value_context, w_v, b_v).reshape(b, value_context.shape[1], h, d // h).transpose(1, 2)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, h, n, dh = q.shape
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * dh))
 
 
 class TransformerBlock(nn.Module):
@@ -287,5 +298,81 @@ class MaskedAutoencoderDecoder(nn.Module):
         return self.head(x)
 
 
+def patch_positions(grid: Tuple[int, int], device=None) -> torch.Tensor:
+    """Integer (row, column) of every patch in row-major order, `[H*W, 2]` (what RoPE rotates by)."""
+    rows = torch.arange(grid[0], device=device)
+    cols = torch.arange(grid[1], device=device)
+    return torch.cartesian_prod(rows, cols)
+
+
+class RoPE2D(nn.Module):
+    """2-D rotary position embedding (Su et al., RoFormer; the 2-D form of CroCo v2's "RoPE100").
+
+    The channels of each head are split in two halves: the first half is rotated by the token's row index, the
+    second by its column index. Within a half of width `c`, channel pairs `(i, i + c/2)` rotate by the angle
+    `pos * base ** (-2i / c)`. Applied to queries and keys only, it makes attention logits depend on relative
+    positions. Parameter-free (nothing is saved); cos/sin tables are cached per (width, length, device, dtype)."""
+
+    def __init__(self, base: float = 100.0):
+        super().__init__()
+        if base <= 0:
+            raise ValueError(f"RoPE base frequency must be > 0, got {base}")
+        self.base = float(base)
+        self._cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, width: int, length: int, device, dtype):
+        key = (width, length, str(device), dtype)
+        if key not in self._cache:
+            inv_freq = self.base ** (-torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+            angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None]
+            angles = torch.cat([angles, angles], dim=-1)
+            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._cache[key]
+
+    @staticmethod
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return torch.cat([-b, a], dim=-1)
+
+    def _rotate(self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        c = cos[pos].unsqueeze(1)  # [B, 1, N, width]
+        s = sin[pos].unsqueeze(1)
+        return x * c + self._rotate_half(x) * s
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`x [B, heads, N, d]` (d divisible by 4), `positions [B, N, 2]` or `[N, 2]` integer (row, col)."""
+        d = x.shape[-1]
+        if d % 4:
+            raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {d}")
+        positions = positions.long()
+        if positions.dim() == 2:
+            positions = positions.unsqueeze(0).expand(x.shape[0], -1, -1)
+        cos, sin = self._tables(d // 2, int(positions.max()) + 1, x.device, x.dtype)
+        rows, cols = x.chunk(2, dim=-1)
+        return torch.cat([self._rotate(rows, positions[..., 0], cos, sin),
+                          self._rotate(cols, positions[..., 1], cos, sin)], dim=-1)
+
+
+class RotaryAttention(Attention):
+    """:class:`Attention` whose queries and keys are rotated by :class:`RoPE2D` before the dot product (self- or
+    cross-attention; `x_pos` / `context_pos` are the tokens' (row, col) positions). With `rope=None` it is
+    plain :class:`Attention`."""
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                attn_mask: Optional[torch.Tensor] = None, value_context: Optional[torch.Tensor] = None,
+                rope: Optional[RoPE2D] = None, x_pos: Optional[torch.Tensor] = None,
+                context_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q, k, v = self.project(x, context, value_context)
+        if rope is not None:
+            if x_pos is None:
+                raise ValueError("RoPE attention needs the query positions x_pos")
+            if context is not None and context_pos is None:
+                raise ValueError("RoPE cross-attention needs the context positions context_pos")
+            q = rope(q, x_pos)
+            k = rope(k, x_pos if context is None else context_pos)
+        return self.attend(q, k, v, attn_mask)
+
+
 __all__ = ["MLPHead", "Prototypes", "Attention", "TransformerBlock", "TransformerDecoder", "cached_sincos_table",
-           "modulate", "AdaLNTransformerBlock", "MaskedAutoencoderDecoder"]
+           "modulate", "AdaLNTransformerBlock", "MaskedAutoencoderDecoder", "patch_positions", "RoPE2D",
+           "RotaryAttention"]

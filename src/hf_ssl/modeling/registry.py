@@ -24,6 +24,7 @@ METHODS: Dict[str, str] = {
     "mfm": "hf_ssl.modeling.mfm",
     "satvision": "hf_ssl.modeling.satvision",
     "cropmae": "hf_ssl.modeling.cropmae",
+    "croco": "hf_ssl.modeling.croco",
     "groco": "hf_ssl.modeling.groco",
     "rpp": "hf_ssl.modeling.rpp",
 }

@@ -164,6 +164,24 @@ def find_image_column(ds) -> str:
     raise ValueError(f"No image column found in {list(features)}; expected one of {IMAGE_KEYS}")
 
 
+PAIR_IMAGE_KEYS = ("image2", "image_2", "second_image", "right", "img2", "view2")
+
+
+def find_pair_column(ds, first: str) -> Optional[str]:
+    """The second image column of a paired dataset (stereo / multi-view pairs), or None when there is none:
+    the next `datasets.Image` feature after `first`, else a conventional name (`image2`, `right`, ...)."""
+    features = getattr(ds, "features", None) or {}
+    from datasets import Image as ImageFeature
+
+    for key, feat in features.items():
+        if key != first and isinstance(feat, ImageFeature):
+            return key
+    for key in PAIR_IMAGE_KEYS:
+        if key in features and key != first:
+            return key
+    return None
+
+
 def find_label_column(ds) -> Optional[str]:
     features = getattr(ds, "features", None) or {}
     for key in LABEL_KEYS:
@@ -455,6 +473,13 @@ class SSLViewDataset(torch.utils.data.IterableDataset):
             raise ValueError("with_labels=True but the dataset has no label column")
         self.image_mode = image_mode
         self.skipped_total = 0  # in this process (main-process iteration only)
+        # view policies that consume image pairs (CroCo) declare `pair_image_key`: "auto" or a column name
+        self.pair_key = None
+        wanted = getattr(view_generator, "pair_image_key", None)
+        if wanted:
+            self.pair_key = find_pair_column(dataset, self.image_key) if wanted == "auto" else wanted
+            if hasattr(view_generator, "set_pair_column"):
+                view_generator.set_pair_column(self.pair_key)  # lets the policy refuse or fall back
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -473,13 +498,19 @@ class SSLViewDataset(torch.utils.data.IterableDataset):
                 if raw is None:
                     raise UndecodableImage(f"missing image column {self.image_key!r}")
                 img = decode_image(raw, self.image_mode)
+                pair = None
+                if self.pair_key is not None:
+                    raw2 = example.get(self.pair_key)
+                    if raw2 is None:
+                        raise UndecodableImage(f"missing pair image column {self.pair_key!r}")
+                    pair = decode_image(raw2, self.image_mode)
             except UndecodableImage as err:
                 pending_skips += 1
                 self.skipped_total += 1
                 where = raw.get("path") if isinstance(raw, dict) else None
                 logger.warning("Skipping undecodable image #%d%s: %s", index, f" ({where})" if where else "", err)
                 continue
-            out = self.view_generator(img, rng)
+            out = self.view_generator(img, rng) if pair is None else self.view_generator(img, rng, pair=pair)
             if self.with_labels:
                 out["labels"] = int(example[self.label_key])
             out["num_skipped"] = pending_skips
