@@ -287,7 +287,9 @@ class ImageAugment:
 
     def __init__(self, size: int, scale: Sequence[float], mean: Sequence[float], std: Sequence[float],
                  horizontal_flip: float = 0.5, color_jitter: float = 0.0, color_jitter_strength=(0.4, 0.4, 0.4, 0.1),
-                 grayscale: float = 0.0, gaussian_blur: float = 0.0, blur_sigma=(0.1, 2.0), solarize: float = 0.0):
+                 grayscale: float = 0.0, gaussian_blur: float = 0.0, blur_sigma=(0.1, 2.0), solarize: float = 0.0,
+                 random_field: float = 0.0, random_field_affine_strength: float = 1.0,
+                 random_field_color_strength: float = 1.0, random_field_length_scale: float = 0.25):
         self.size = size
         self.scale = tuple(scale)
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
@@ -299,10 +301,23 @@ class ImageAugment:
         self.gaussian_blur = gaussian_blur
         self.blur_sigma = tuple(blur_sigma)
         self.solarize = solarize
+        # Gaussian-random-field local affine + colour transforms (training/random_fields.py), after the crop
+        from .random_fields import validate_random_field_params
+
+        validate_random_field_params(random_field, random_field_affine_strength, random_field_color_strength,
+                                     random_field_length_scale)
+        self.random_field = float(random_field)
+        self.random_field_params = dict(affine_strength=float(random_field_affine_strength),
+                                        color_strength=float(random_field_color_strength),
+                                        length_scale=float(random_field_length_scale))
 
     def __call__(self, img: Image.Image, rng: np.random.Generator, return_box: bool = False):
         left, top, w, h = random_resized_crop_box(img.width, img.height, self.scale, rng=rng)
         out = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if self.random_field and rng.random() < self.random_field:
+            from .random_fields import random_field_augment
+
+            out = random_field_augment(out, rng, **self.random_field_params)
         flipped = rng.random() < self.horizontal_flip
         if flipped:
             out = ImageOps.mirror(out)
@@ -344,7 +359,8 @@ def register_view_policy(name: str):
 
 
 def _augment_kwargs(aug: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("horizontal_flip", "color_jitter", "color_jitter_strength", "grayscale", "gaussian_blur", "solarize")
+    keys = ("horizontal_flip", "color_jitter", "color_jitter_strength", "grayscale", "gaussian_blur", "solarize",
+            "random_field", "random_field_affine_strength", "random_field_color_strength", "random_field_length_scale")
     return {k: aug[k] for k in keys if k in aug}
 
 
