@@ -33,6 +33,8 @@ TINY_CONFIGS = {
                     decoder_num_heads=2, decoder_mlp_dim=64),
     "croco": dict(backbone_config=TINY_VIT, image_size=32, mask_ratio=0.75, decoder_hidden_size=32, decoder_depth=1,
                   decoder_num_heads=2),
+    "genview": dict(backbone_config=TINY_VIT, image_size=32, projection_hidden_dim=32, projection_dim=16,
+                    predictor_hidden_dim=32, contrastive_temperature=0.2),
     "groco": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,
                   num_negatives=2),
     "rpp": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,

@@ -25,6 +25,7 @@ METHODS: Dict[str, str] = {
     "satvision": "hf_ssl.modeling.satvision",
     "cropmae": "hf_ssl.modeling.cropmae",
     "croco": "hf_ssl.modeling.croco",
+    "genview": "hf_ssl.modeling.genview",
     "groco": "hf_ssl.modeling.groco",
     "rpp": "hf_ssl.modeling.rpp",
 }
