@@ -35,6 +35,8 @@ TINY_CONFIGS = {
                   decoder_num_heads=2),
     "genview": dict(backbone_config=TINY_VIT, image_size=32, projection_hidden_dim=32, projection_dim=16,
                     predictor_hidden_dim=32, contrastive_temperature=0.2),
+    "chada_vit": dict(backbone_config=TINY_VIT, image_size=32, head_out_dim=64, head_hidden_dim=32,
+                      head_bottleneck_dim=16, augmentation={"num_local": 1, "local_size": 16}),
     "groco": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,
                   num_negatives=2),
     "rpp": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,

@@ -225,11 +225,14 @@ def vit_embed_patches(vit: nn.Module, pixel_values: torch.Tensor) -> tuple:
     return tokens, cls
 
 
-def vit_forward_tokens(vit: nn.Module, hidden_states: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
-    """Run the ViT transformer layers (and final layer norm) on an arbitrary token sequence."""
+def vit_forward_tokens(vit: nn.Module, hidden_states: torch.Tensor, final_norm: bool = True,
+                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run the ViT transformer layers (and final layer norm) on an arbitrary token sequence. `attention_mask`
+    (optional) is an additive float mask broadcastable to `[B, heads, L, L]` (e.g. `[B, 1, 1, L]` with a large
+    negative value on padded keys), handed to every stock layer's attention."""
     hidden_states = vit.embeddings.dropout(hidden_states)
     for layer in _vit_layers(vit):
-        out = layer(hidden_states, None)
+        out = layer(hidden_states, attention_mask)
         hidden_states = out[0] if isinstance(out, tuple) else out
     return vit.layernorm(hidden_states) if final_norm else hidden_states
 

@@ -96,11 +96,7 @@ class SSLConfig(PretrainedConfig):
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.feature_pooling not in ("cls", "mean"):
             raise ValueError(f"feature_pooling must be 'cls' or 'mean', got {self.feature_pooling!r}")
-        bb_channels = getattr(self.backbone_config, "num_channels", self.num_channels)
-        if bb_channels != self.num_channels:
-            raise ValueError(
-                f"num_channels={self.num_channels} but backbone_config.num_channels={bb_channels}; they must match."
-            )
+        self._check_backbone_channels()
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
             raise ValueError(
                 f"image_mean/image_std need one value per channel ({self.num_channels}); got "
@@ -112,6 +108,14 @@ class SSLConfig(PretrainedConfig):
             patch = self.backbone_config.patch_size
             if self.image_size % patch:
                 raise ValueError(f"image_size {self.image_size} must be divisible by the ViT patch size {patch}")
+
+    def _check_backbone_channels(self) -> None:
+        """The encoder sees the data's channels (methods that embed channels separately override this)."""
+        bb_channels = getattr(self.backbone_config, "num_channels", self.num_channels)
+        if bb_channels != self.num_channels:
+            raise ValueError(
+                f"num_channels={self.num_channels} but backbone_config.num_channels={bb_channels}; they must match."
+            )
 
     @staticmethod
     def _check_positive(**values):

@@ -26,6 +26,7 @@ METHODS: Dict[str, str] = {
     "cropmae": "hf_ssl.modeling.cropmae",
     "croco": "hf_ssl.modeling.croco",
     "genview": "hf_ssl.modeling.genview",
+    "chada_vit": "hf_ssl.modeling.chada_vit",
     "groco": "hf_ssl.modeling.groco",
     "rpp": "hf_ssl.modeling.rpp",
 }
