@@ -72,6 +72,8 @@ METHOD = MethodSpec(
                          decoder_num_heads=4, projection_dim=64, projection_hidden_dim=256, teacher_momentum=0.99,
                          augmentation={"crop_scale": [0.5, 1.0], "horizontal_flip": 0.0}),
     },
+    # 800 steps of batch 64 at AdamW 3e-4: k-NN 0.477 -> 0.593 on the digits (at 400 steps / 1e-3: 0.273)
+    demo_training={"max_steps": 800, "learning_rate": 3e-4},
 )
 
 __all__ = ["FSFMConfig", "FSFMForSelfSupervisedPretraining", "FSFMImageProcessor", "METHOD"]
