@@ -30,7 +30,7 @@ S0, S1, S2, S3 = 1 / math.sqrt(1.04), 0.2 / math.sqrt(1.04), 1.2 / math.sqrt(2.0
 
 
 def test_available_metrics():
-    assert available_metrics() == ["knn_accuracy", "linear_probe"]
+    assert available_metrics() == ["knn_accuracy", "linear_probe", "retrieval_recall", "zero_shot_accuracy"]
     with pytest.raises(ValueError, match="knn_accuracy, linear_probe"):
         load_metric("accuracy")
 

@@ -92,3 +92,11 @@ def linear_probe_accuracy(
         train_emb, train_labels, test_emb, test_labels,
         c=c, max_iter=max_iter, seed=seed, num_classes=num_classes,
     )
+
+
+# vision-language metrics (zero-shot classification, cross-modal retrieval): plain-function entry points of the
+# `zero_shot_accuracy` / `retrieval_recall` evaluate modules
+from ._vl import retrieval_metrics as retrieval_recall  # noqa: E402
+from ._vl import zero_shot_metrics as zero_shot_accuracy  # noqa: E402
+
+__all__ += ["zero_shot_accuracy", "retrieval_recall"]

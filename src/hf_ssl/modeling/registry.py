@@ -18,6 +18,7 @@ METHODS: Dict[str, str] = {
     "interclr": "hf_ssl.modeling.interclr",
     "obow": "hf_ssl.modeling.obow",
     "swav": "hf_ssl.modeling.swav",
+    "clip": "hf_ssl.modeling.clip",
     "cae": "hf_ssl.modeling.cae",
     "umd": "hf_ssl.modeling.umd",
     "fsfm": "hf_ssl.modeling.fsfm",

@@ -526,7 +526,10 @@ class SSLViewDataset(torch.utils.data.IterableDataset):
                 where = raw.get("path") if isinstance(raw, dict) else None
                 logger.warning("Skipping undecodable image #%d%s: %s", index, f" ({where})" if where else "", err)
                 continue
-            out = self.view_generator(img, rng) if pair is None else self.view_generator(img, rng, pair=pair)
+            # policies that read other columns (captions, labels: image-text methods) set `wants_example = True`
+            extra = {"example": example} if getattr(self.view_generator, "wants_example", False) else {}
+            out = (self.view_generator(img, rng, **extra) if pair is None
+                   else self.view_generator(img, rng, pair=pair, **extra))
             if self.with_labels:
                 out["labels"] = int(example[self.label_key])
             out["num_skipped"] = pending_skips

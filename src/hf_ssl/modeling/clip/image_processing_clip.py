@@ -1,0 +1,7 @@
+"""CLIP inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class CLIPSSLImageProcessor(SSLImageProcessor):
+    pass
