@@ -278,12 +278,25 @@ def main(argv=None) -> int:
 
     sub.add_parser("list", help="list available methods")
 
+    t = sub.add_parser("tokencut", help="TokenCut object discovery (Normalized Cut on ViT patch features)")
+    t.add_argument("--model", required=True, help="an hf_ssl checkpoint with a ViT encoder or a stock ViTModel folder")
+    t.add_argument("--image", required=True)
+    t.add_argument("--output", required=True, help="picture with the discovered mask and box")
+    t.add_argument("--tau", type=float, default=0.2)
+    t.add_argument("--eps", type=float, default=1e-5)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = args.command or "pretrain"
     if args.command is None:
         args = parser.parse_args(["pretrain"])
 
+    if command == "tokencut":
+        from ..modeling.tokencut import run_tokencut
+
+        result = run_tokencut(args.model, args.image, args.output, tau=args.tau, eps=args.eps)
+        print(json.dumps({"box": list(result["box"]), "grid": list(result["grid"]), "output": args.output}))
+        return 0
     if command == "list":
         from ..modeling.registry import available_methods, get_method
 
