@@ -30,6 +30,7 @@ METHODS: Dict[str, str] = {
     "chada_vit": "hf_ssl.modeling.chada_vit",
     "groco": "hf_ssl.modeling.groco",
     "rpp": "hf_ssl.modeling.rpp",
+    "mixedae": "hf_ssl.modeling.mixedae",
     "pixpro": "hf_ssl.modeling.pixpro",
     "sie": "hf_ssl.modeling.sie",
 }
