@@ -11,6 +11,7 @@ TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_atten
 TINY_CONFIGS = {
     "pixpro": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16),
     "sie": dict(backbone_config=TINY_RESNET, image_size=32, equivariant_dim=8, projection_dims=[32, 32]),
+    "semaim": dict(backbone_config=TINY_VIT, image_size=32, target_blur_kernel_size=3),
     "mochi": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16, queue_size=64,
                   num_hard_negatives=16, num_mixed_negatives=8, num_query_mixes=4, mixing_start_step=1),
     "gsimclr": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dims=[32, 16], projection_dim=16,
