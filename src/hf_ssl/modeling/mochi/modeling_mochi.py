@@ -92,6 +92,7 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.register_buffer("optimizer_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("forward_count", torch.zeros((), dtype=torch.long))
         self.post_init()
+        self.apply_frozen_parameters_()  # the key encoder/head never take gradients, even before `.train()`
 
     def frozen_parameter_prefixes(self) -> tuple:
         return ("teacher_encoder.", "teacher_projection_head.")
