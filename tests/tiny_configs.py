@@ -48,6 +48,7 @@ TINY_CONFIGS = {
                   num_negatives=2),
     "rpp": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16,
                 gate_hidden_dim=16, augmentation={"pair_buffer_size": 8}),
+    "sit": dict(backbone_config=TINY_VIT, image_size=32, projection_hidden_dim=32, projection_dim=16, drop_align=4),
     "mixedae": dict(backbone_config=TINY_VIT, image_size=32, decoder_hidden_size=32, decoder_depth=1,
                     decoder_num_heads=2),
 }

@@ -31,6 +31,7 @@ METHODS: Dict[str, str] = {
     "groco": "hf_ssl.modeling.groco",
     "rpp": "hf_ssl.modeling.rpp",
     "mixedae": "hf_ssl.modeling.mixedae",
+    "sit": "hf_ssl.modeling.sit",
     "semaim": "hf_ssl.modeling.semaim",
     "pixpro": "hf_ssl.modeling.pixpro",
     "sie": "hf_ssl.modeling.sie",
