@@ -46,7 +46,9 @@ METHOD = MethodSpec(
         "distance on the removed frequencies. ViT and ConvNet encoders."
     ),
     presets={
-        "cpu-demo": dict(backbone_config="resnet-tiny", image_size=32, mask_radius=4, feature_pooling="cls",
+        # ViT: 400 steps at AdamW 1e-3 give k-NN 0.573 -> 0.677 on the digits; the same budget on resnet-tiny
+        # (random-init k-NN 0.907) loses accuracy (0.753 at best, lr 1e-4), so the short demo uses the ViT
+        "cpu-demo": dict(backbone_config="vit-micro", image_size=32, mask_radius=4, feature_pooling="mean",
                          augmentation={"crop_scale": [0.5, 1.0], "horizontal_flip": 0.0}),
     },
 )
