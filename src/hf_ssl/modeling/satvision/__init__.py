@@ -59,6 +59,8 @@ METHOD = MethodSpec(
                          augmentation={"crop_scale": [0.5, 1.0], "horizontal_flip": 0.0, "rescale_factor": 1.0}),
         "satvision-toa-giant": dict(),
     },
+    # 400 steps of batch 64 at AdamW 3e-4: k-NN 0.573 -> 0.627 on the digits (1e-3: 0.570, no gain)
+    demo_training={"max_steps": 400, "learning_rate": 3e-4},
 )
 
 __all__ = ["SatVisionConfig", "SatVisionForSelfSupervisedPretraining", "SatVisionImageProcessor", "METHOD"]
