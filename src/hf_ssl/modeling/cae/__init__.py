@@ -50,6 +50,11 @@ Deviations from the paper / official code:
    Atten4Vis code does the same through shared storage, while the lxtGH/Paddle variants copy the weights inside
    `forward`, so their targets lag one optimizer step.
 7. The optional EMA teacher (`teacher_momentum > 0`) is an extension, not in the paper.
+
+Presets: `"cpu-demo"` - the short CPU run of `hf-ssl pretrain --method cae` on the 32 px built-in digits (vit-micro,
+regressor and decoder 2 blocks of 128, block masks of at least 4 patches, `target="pixel"`, 800 steps at AdamW 3e-4,
+`METHOD.demo_training`): k-NN 0.777 -> 0.817. With `pixel_norm` targets, or at lr 1e-3, k-NN falls below the
+random-init encoder on this tiny, blurry data (measured: 0.62 and 0.56). Not a paper setting.
 """
 
 from ..registry import MethodSpec
@@ -66,6 +71,9 @@ CPU_DEMO_PRESET = {
     "decoder_hidden_size": 128,
     "decoder_num_heads": 4,
     "feature_pooling": "mean",
+    # unnormalized pixel targets: on 32 px upsampled 8x8 digits a 4 px patch is nearly flat, and per-patch
+    # normalization turns it into amplified interpolation noise (k-NN fell to 0.62 with "pixel_norm")
+    "target": "pixel",
     "augmentation": {"crop_scale": [0.5, 1.0], "horizontal_flip": 0.0, "min_block_patches": 4},
 }
 
@@ -81,6 +89,8 @@ METHOD = MethodSpec(
         "reconstructs the masked patches from them; block-wise 50% masking."
     ),
     presets={"cpu-demo": CPU_DEMO_PRESET},
+    # 800 steps of batch 64 at AdamW 3e-4: k-NN 0.777 -> 0.817 on the digits (at 1e-3 the encoder degrades)
+    demo_training={"max_steps": 800, "learning_rate": 3e-4},
 )
 
 __all__ = ["CAEConfig", "CAEForSelfSupervisedPretraining", "CAEImageProcessor", "METHOD"]
