@@ -142,6 +142,22 @@ def block_mask_torch(batch_size: int, grid: Tuple[int, int], mask_ratio: float, 
     return torch.from_numpy(masks).to(device)
 
 
+def resolve_patch_mask(bool_masked_pos, batch_size: int, num_patches: int, generate, device=None) -> torch.Tensor:
+    """A `[B, N]` bool patch mask: `generate(batch_size, num_patches, device=device)` when `bool_masked_pos` is None,
+    else the caller's mask (`[B, N]` or `[B, h, w]`), checked to have the right shape and to mask at least one and
+    leave at least one patch visible in every sample."""
+    if bool_masked_pos is None:
+        return generate(batch_size, num_patches, device=device)
+    mask = torch.as_tensor(bool_masked_pos, device=device).bool()
+    mask = mask.flatten(1) if mask.dim() == 3 else mask
+    if tuple(mask.shape) != (batch_size, num_patches):
+        raise ValueError(f"bool_masked_pos must be [batch, {num_patches}], got {list(mask.shape)}")
+    counts = mask.sum(1)
+    if int(counts.min()) == 0 or int(counts.max()) == num_patches:
+        raise ValueError("bool_masked_pos must mask at least one and leave at least one patch visible")
+    return mask
+
+
 def mask_to_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """`[B, N]` bool mask -> (visible indices `[B, K]`, masked indices `[B, M]`), both sorted ascending.
 

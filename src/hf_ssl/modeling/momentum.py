@@ -42,10 +42,22 @@ def copy_weights_(teacher: nn.Module, student: nn.Module) -> None:
     teacher.load_state_dict(student.state_dict())
 
 
+def init_teacher_from_student_(*pairs) -> None:
+    """Inside `_init_weights`: start each `(teacher, student)` module pair as an exact copy (parameters and
+    buffers), through transformers' init functions so a checkpoint being loaded is never overwritten."""
+    from transformers import initialization as init
+
+    for teacher, student in pairs:
+        for tp, sp in zip(teacher.parameters(), student.parameters()):
+            init.copy_(tp, sp.detach())
+        for tb, sb in zip(teacher.buffers(), student.buffers()):
+            init.copy_(tb, sb.detach())
+
+
 def freeze_(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
 
 
-__all__ = ["cosine_schedule", "warmup_then_constant", "ema_update_", "copy_weights_", "freeze_"]
+__all__ = ["cosine_schedule", "warmup_then_constant", "ema_update_", "copy_weights_", "init_teacher_from_student_", "freeze_"]

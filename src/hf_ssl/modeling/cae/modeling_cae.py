@@ -32,7 +32,7 @@ from ..base import SSLPreTrainedModel
 from ..heads import Attention, TransformerBlock, TransformerDecoder
 from ..losses import normalized_pixel_targets
 from ..masking import block_mask_torch, mask_to_index, num_masked, random_mask_torch
-from ..momentum import ema_update_
+from ..momentum import ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_cae import CAEConfig
 
@@ -194,8 +194,7 @@ class CAEForSelfSupervisedPretraining(SSLPreTrainedModel):
             init.trunc_normal_(self.mask_token, std=std)
             self._init_encoder_weights(self.encoder)
             if self.teacher_encoder is not None:
-                for t, s in zip(self.teacher_encoder.parameters(), self.encoder.parameters()):
-                    init.copy_(t, s.detach())
+                init_teacher_from_student_((self.teacher_encoder, self.encoder))
 
     def _init_encoder_weights(self, encoder: nn.Module) -> None:
         """The stock ViT initialises itself (trunc-normal); the official CAE re-initialises every encoder

@@ -10,10 +10,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..backbones import check_pixel_values, pool_vit_tokens, vit_forward_tokens
+from ..backbones import check_pixel_values, vit_forward_tokens
 from ..base import SSLPreTrainedModel
 from ..distillation import DINOHead, SelfDistillationLoss
-from ..momentum import cosine_schedule, ema_update_, warmup_then_constant
+from ..momentum import cosine_schedule, ema_update_, warmup_then_constant, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_chada_vit import ChAdaViTConfig
 
@@ -99,9 +99,7 @@ class ChAdaViTForSelfSupervisedPretraining(SSLPreTrainedModel):
 
             init.trunc_normal_(self.channel_embeddings, std=0.02)  # official: trunc_normal_(channel_token, std=.02)
             pairs = ((self.teacher_encoder, self.encoder), (self.teacher_head, self.head))
-            for dst, src in pairs:
-                for t, s in zip(dst.parameters(), src.parameters()):
-                    init.copy_(t, s.detach())
+            init_teacher_from_student_(*pairs)
             init.copy_(self.teacher_channel_embeddings, self.channel_embeddings.detach())
 
     # -- features -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ symmetric InfoNCE over the DDP-gathered batch."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,7 +13,7 @@ from ..backbones import (patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_emb
 from ..base import SSLPreTrainedModel
 from ..heads import RoPE2D, RotaryAttention, cached_sincos_table, patch_positions
 from ..losses import normalized_pixel_targets
-from ..masking import mask_to_index, random_mask_torch
+from ..masking import mask_to_index, resolve_patch_mask, random_mask_torch
 from ..outputs import SSLOutput
 from .configuration_croco import CroCoConfig
 
@@ -154,15 +154,7 @@ class CroCoForSelfSupervisedPretraining(SSLPreTrainedModel):
         b = first.shape[0]
         grid = vit_grid(self.encoder.config, tuple(first.shape[-2:]))
         n = grid[0] * grid[1]
-        if bool_masked_pos is None:
-            mask = self.generate_mask(b, n, device=first.device)
-        else:
-            mask = torch.as_tensor(bool_masked_pos, device=first.device).bool()
-            mask = mask.flatten(1) if mask.dim() == 3 else mask
-            if mask.shape != (b, n):
-                raise ValueError(f"bool_masked_pos must be [batch, {n}], got {list(mask.shape)}")
-            if int(mask.sum(1).min()) == 0 or int(mask.sum(1).max()) == n:
-                raise ValueError("bool_masked_pos must mask at least one and leave at least one patch visible")
+        mask = resolve_patch_mask(bool_masked_pos, b, n, self.generate_mask, device=first.device)
         visible_index, _ = mask_to_index(mask)
         visible = vit_forward_visible(self.encoder, first, visible_index)  # [B, 1 + K, D]
         reference = self.encode_full(second)  # [B, 1 + N, D]

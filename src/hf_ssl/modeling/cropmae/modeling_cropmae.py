@@ -6,7 +6,7 @@ patches.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from ..backbones import patchify, pool_vit_tokens, vit_embed_patches, vit_forwar
 from ..base import SSLPreTrainedModel
 from ..heads import Attention, cached_sincos_table
 from ..losses import normalized_pixel_targets
-from ..masking import mask_to_index, random_mask_torch
+from ..masking import mask_to_index, resolve_patch_mask, random_mask_torch
 from ..outputs import SSLOutput
 from .configuration_cropmae import CropMAEConfig
 
@@ -115,15 +115,7 @@ class CropMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
         b = view2.shape[0]
         grid = vit_grid(self.encoder.config, tuple(view2.shape[-2:]))
         n = grid[0] * grid[1]
-        if bool_masked_pos is None:
-            mask = self.generate_mask(b, n, device=view2.device)
-        else:
-            mask = torch.as_tensor(bool_masked_pos, device=view2.device).bool()
-            mask = mask.flatten(1) if mask.dim() == 3 else mask
-            if mask.shape != (b, n):
-                raise ValueError(f"bool_masked_pos must be [batch, {n}], got {list(mask.shape)}")
-            if int(mask.sum(1).min()) == 0 or int(mask.sum(1).max()) == n:
-                raise ValueError("bool_masked_pos must mask at least one and leave at least one patch visible")
+        mask = resolve_patch_mask(bool_masked_pos, b, n, self.generate_mask, device=view2.device)
         visible_index, _ = mask_to_index(mask)
         view1_tokens = self.encode_full(view1)
         visible_tokens = vit_forward_visible(self.encoder, view2, visible_index)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import encode, patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_forward_visible, vit_grid
+from ..backbones import patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_forward_visible, vit_grid
 from ..base import SSLPreTrainedModel
 from ..heads import MaskedAutoencoderDecoder, MLPHead
 from ..losses import normalized_pixel_targets

@@ -7,13 +7,12 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..backbones import backbone_family, encode, feature_dim
 from ..base import SSLPreTrainedModel
 from ..heads import MLPHead
 from ..losses import all_gather, all_reduce, rank, world_size
-from ..momentum import cosine_schedule, ema_update_
+from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_genview import GenViewConfig
 
@@ -98,9 +97,7 @@ class GenViewForSelfSupervisedPretraining(SSLPreTrainedModel):
         if module is self:  # the momentum branch starts as a copy of the online branch (after children init)
             from transformers import initialization as init
 
-            for dst, src in ((self.teacher_encoder, self.encoder), (self.teacher_projector, self.projector)):
-                for t, s in zip(dst.parameters(), src.parameters()):
-                    init.copy_(t, s.detach())
+            init_teacher_from_student_((self.teacher_encoder, self.encoder), (self.teacher_projector, self.projector))
             init.zeros_(self.foreground_direction)
 
     # -- external quality scorer (the paper's frozen CLIP encoder) -----------------------------------

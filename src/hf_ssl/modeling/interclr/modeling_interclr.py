@@ -24,7 +24,6 @@ process computes on the concatenated batch.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -35,7 +34,7 @@ from ..backbones import encode, feature_dim
 from ..base import SSLPreTrainedModel
 from ..heads import MLPHead
 from ..losses import all_gather, rank, world_size
-from ..momentum import ema_update_
+from ..momentum import ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_interclr import InterCLRConfig
 
@@ -96,11 +95,7 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if module is self:
-            for t, s in ((self.teacher_encoder, self.encoder), (self.teacher_projection_head, self.projection_head)):
-                for tp, sp in zip(t.parameters(), s.parameters()):
-                    init.copy_(tp, sp.detach())
-                for tb, sb in zip(t.buffers(), s.buffers()):
-                    init.copy_(tb, sb.detach())
+            init_teacher_from_student_((self.teacher_encoder, self.encoder), (self.teacher_projection_head, self.projection_head))
             init.copy_(self.queue, F.normalize(torch.randn_like(self.queue), dim=1))
             init.zeros_(self.queue_ptr)
             init.zeros_(self.memory_bank)

@@ -17,7 +17,6 @@ processes compute exactly what one process computes on the concatenated batch (u
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ from ..backbones import encode, feature_dim
 from ..base import SSLPreTrainedModel
 from ..heads import MLPHead
 from ..losses import all_gather, broadcast, is_distributed, rank, world_size
-from ..momentum import ema_update_
+from ..momentum import ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_mochi import MoCHiConfig
 
@@ -101,11 +100,7 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
         super()._init_weights(module)
         if module is self:
             # MoCo: the key encoder starts as a copy of the query encoder
-            for t, s in ((self.teacher_encoder, self.encoder), (self.teacher_projection_head, self.projection_head)):
-                for tp, sp in zip(t.parameters(), s.parameters()):
-                    init.copy_(tp, sp.detach())
-                for tb, sb in zip(t.buffers(), s.buffers()):
-                    init.copy_(tb, sb.detach())
+            init_teacher_from_student_((self.teacher_encoder, self.encoder), (self.teacher_projection_head, self.projection_head))
             init.copy_(self.queue, F.normalize(torch.randn_like(self.queue), dim=1))
             init.zeros_(self.queue_ptr)
             init.zeros_(self.queue_batch)

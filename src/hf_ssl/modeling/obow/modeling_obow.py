@@ -16,7 +16,7 @@ One training step (B images; views[0] = teacher view, views[1:] = student crops/
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from transformers import initialization as init
 from ..backbones import encode, feature_dim
 from ..base import SSLPreTrainedModel
 from ..losses import all_gather, all_reduce, rank, world_size
-from ..momentum import cosine_schedule, ema_update_
+from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_obow import OBoWConfig
 
@@ -91,10 +91,7 @@ class OBoWForSelfSupervisedPretraining(SSLPreTrainedModel):
             return
         super()._init_weights(module)
         if module is self:
-            for tp, sp in zip(self.teacher_encoder.parameters(), self.encoder.parameters()):
-                init.copy_(tp, sp.detach())
-            for tb, sb in zip(self.teacher_encoder.buffers(), self.encoder.buffers()):
-                init.copy_(tb, sb.detach())
+            init_teacher_from_student_((self.teacher_encoder, self.encoder))
             for i in range(self.num_levels):
                 voc = self.vocabulary(i)
                 init.copy_(voc, torch.randn_like(voc).clamp(min=0))

@@ -17,7 +17,7 @@ from transformers import initialization as init
 
 from ..backbones import encoder_feature_map, feature_dim
 from ..base import SSLPreTrainedModel
-from ..momentum import cosine_schedule, ema_update_
+from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_
 from ..outputs import SSLOutput
 from .configuration_pixpro import PixProConfig
 
@@ -139,11 +139,7 @@ class PixProForSelfSupervisedPretraining(SSLPreTrainedModel):
         super()._init_weights(module)
         if module is self:
             # the momentum encoder starts as a copy of the online encoder (after the children's init)
-            for t, s in ((self.teacher_encoder, self.encoder), (self.teacher_projector, self.projector)):
-                for tp, sp in zip(t.parameters(), s.parameters()):
-                    init.copy_(tp, sp.detach())
-                for tb, sb in zip(t.buffers(), s.buffers()):
-                    init.copy_(tb, sb.detach())
+            init_teacher_from_student_((self.teacher_encoder, self.encoder), (self.teacher_projector, self.projector))
             init.constant_(self.current_momentum, float(self.config.base_momentum))
 
     @torch.no_grad()

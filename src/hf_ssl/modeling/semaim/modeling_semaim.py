@@ -13,7 +13,6 @@ One step (B images, N patches, encoder depth L, query depth Q, step = L // Q):
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch

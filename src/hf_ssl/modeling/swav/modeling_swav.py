@@ -211,7 +211,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
             raise TypeError(f"pixel_values must be a tensor or a list of tensors, got {type(pixel_values).__name__}")
 
         crops = self._check_crops(pixel_values)
-        n_crops, bs = len(crops), crops[0].shape[0]
+        bs = crops[0].shape[0]
         step = int(self.optimizer_step)
         frozen = self.prototypes_frozen(step)
         queue_running = self.queue is not None and step >= self.config.queue_start_step
