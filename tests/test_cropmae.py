@@ -216,3 +216,19 @@ def test_bad_inputs_raise():
         model(views(), bool_masked_pos=torch.ones(2, N, dtype=torch.bool))
     with pytest.raises(ValueError, match="ViT"):
         CropMAEConfig(backbone_config="resnet-18", image_size=32)
+
+
+def test_encoder_positions_are_fixed_sincos_frozen_and_survive_reload(tmp_path):
+    from hf_ssl.modeling.backbones import sincos_pos_embed_2d
+
+    model = make_model().train()
+    pos = model.encoder.embeddings.position_embeddings
+    torch.testing.assert_close(pos[0], sincos_pos_embed_2d(32, 4, 4, cls_token=True).to(pos.dtype))
+    assert not pos.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("encoder.embeddings.position"))
+    model.save_pretrained(tmp_path)
+    reloaded = CropMAEForSelfSupervisedPretraining.from_pretrained(tmp_path).train()
+    assert not reloaded.encoder.embeddings.position_embeddings.requires_grad
+    torch.testing.assert_close(reloaded.encoder.embeddings.position_embeddings, pos)
+    learned = make_model(encoder_sincos_pos_embed=False).train()
+    assert learned.encoder.embeddings.position_embeddings.requires_grad

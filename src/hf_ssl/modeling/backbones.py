@@ -200,6 +200,18 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Fa
     return torch.from_numpy(emb).float()
 
 
+def init_sincos_position_embeddings_(encoder: nn.Module) -> None:
+    """Fill a stock ViT's learned position table with the fixed 2-D sin-cos values (zero row for CLS), MAE-style.
+    Call it from `_init_weights` (it goes through transformers' init functions, so a loaded checkpoint is kept);
+    freeze the table with the model's `frozen_parameter_prefixes` where the paper keeps it fixed."""
+    from transformers import initialization as init
+
+    pos = encoder.embeddings.position_embeddings
+    grid = vit_grid(encoder.config)
+    table = sincos_pos_embed_2d(pos.shape[-1], grid[0], grid[1], cls_token=True)
+    init.copy_(pos, table.reshape(pos.shape).to(pos.dtype))
+
+
 def vit_grid(config: PretrainedConfig, image_size: Optional[tuple] = None) -> tuple:
     size = image_size or config.image_size
     size = size if isinstance(size, (tuple, list)) else (size, size)
@@ -305,7 +317,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "BACKBONE_PRESETS", "resolve_backbone_config", "backbone_family", "build_backbone", "feature_dim",
-    "encode", "pool_vit_tokens", "patchify", "unpatchify", "sincos_pos_embed_2d", "vit_grid",
+    "encode", "pool_vit_tokens", "patchify", "unpatchify", "sincos_pos_embed_2d", "init_sincos_position_embeddings_", "vit_grid",
     "vit_embed_patches", "vit_forward_tokens", "vit_forward_visible", "gather_tokens", "check_pixel_values",
     "num_channels_of", "count_parameters", "feature_stride", "encoder_feature_map",
 ]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import (patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_embed_patches, vit_forward_tokens,
+from ..backbones import (patchify, pool_vit_tokens, init_sincos_position_embeddings_, vit_embed_patches, vit_forward_tokens,
                          vit_forward_visible, vit_grid)
 from ..base import SSLPreTrainedModel
 from ..heads import RoPE2D, RotaryAttention, cached_sincos_table, patch_positions
@@ -91,10 +91,7 @@ class CroCoForSelfSupervisedPretraining(SSLPreTrainedModel):
         if module is self:
             init.normal_(self.mask_token, std=0.02)
             if self.config.encoder_sincos_pos_embed:
-                pos = self.encoder.embeddings.position_embeddings
-                grid = vit_grid(self.encoder.config)
-                table = sincos_pos_embed_2d(pos.shape[-1], grid[0], grid[1], cls_token=True)
-                init.copy_(pos, table.reshape(pos.shape).to(pos.dtype))
+                init_sincos_position_embeddings_(self.encoder)
 
     # -- pieces ----------------------------------------------------------------------------------------
     def generate_mask(self, batch_size: int, num_patches: int, device=None, generator=None) -> torch.Tensor:

@@ -19,8 +19,9 @@ Method (official `models/SiamMAE.py`, `models/components/DecoderBlock.py`, `data
 
 Deviations from the paper / official code:
 
-1. Stock transformers `ViTModel` encoder (learned position embeddings rather than MAE's fixed sin-cos table, LayerNorm
-   eps from the transformers config).
+1. Stock transformers `ViTModel` encoder; its position table is filled with MAE's fixed 2-D sin-cos values and frozen
+   (`encoder_sincos_pos_embed=True`, as the official encoder; set False for learned positions); LayerNorm eps from the
+   transformers config.
 2. Decoder attention uses `heads.Attention` (fused key/value projection) instead of `nn.MultiheadAttention`; the
    block order and post-norm placement follow the official `DecoderBlock`. It is not built from
    `heads.TransformerDecoder`, whose pre-norm single-attention blocks cannot express that order.

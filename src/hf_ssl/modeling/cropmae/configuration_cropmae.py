@@ -21,6 +21,8 @@ class CropMAEConfig(SSLConfig):
         decoder_mlp_dim: hidden width of the decoder feed-forward (official `DecoderBlock` default 2048).
         decoder_dropout: dropout inside decoder blocks (official `DecoderBlock` default 0.1).
         norm_pix_loss: per-patch normalized pixel targets (official `--norm_pix_loss`).
+        encoder_sincos_pos_embed: fill the stock ViT's position table with fixed 2-D sin-cos values and keep it
+            frozen, as the official MAE-derived encoder does (`pos_embed`, `requires_grad=False`); False = learned.
         augmentation: `global_scale` (0.1, 1) and `local_scale` (0.3, 0.6) random-resized-crop areas, `crop_ratio`
             (3/4, 4/3), per-view `horizontal_flip` 0.5; the local crop is taken from the global crop
             (`--crop_strategy GlobalToLocal`).
@@ -53,7 +55,8 @@ class CropMAEConfig(SSLConfig):
 
     def __init__(self, backbone_config=None, mask_ratio: float = 0.985, decoder_hidden_size: int = 256,
                  decoder_depth: int = 4, decoder_num_heads: int = 8, decoder_mlp_dim: int = 2048,
-                 decoder_dropout: float = 0.1, norm_pix_loss: bool = True, feature_pooling: str = "cls", **kwargs):
+                 decoder_dropout: float = 0.1, norm_pix_loss: bool = True, encoder_sincos_pos_embed: bool = True,
+                 feature_pooling: str = "cls", **kwargs):
         self.mask_ratio = mask_ratio
         self.decoder_hidden_size = decoder_hidden_size
         self.decoder_depth = decoder_depth
@@ -61,6 +64,7 @@ class CropMAEConfig(SSLConfig):
         self.decoder_mlp_dim = decoder_mlp_dim
         self.decoder_dropout = decoder_dropout
         self.norm_pix_loss = norm_pix_loss
+        self.encoder_sincos_pos_embed = encoder_sincos_pos_embed
         super().__init__(backbone_config=backbone_config, feature_pooling=feature_pooling, **kwargs)
 
     def num_visible(self, num_patches: int) -> int:

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..backbones import patchify, pool_vit_tokens, vit_embed_patches, vit_forward_tokens, vit_forward_visible, vit_grid
+from ..backbones import (init_sincos_position_embeddings_, patchify, pool_vit_tokens, vit_embed_patches,
+                         vit_forward_tokens, vit_forward_visible, vit_grid)
 from ..base import SSLPreTrainedModel
 from ..heads import Attention, cached_sincos_table
 from ..losses import normalized_pixel_targets
@@ -57,7 +58,14 @@ class CropMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
             for _ in range(config.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dim, eps=1e-6)
         self.decoder_pred = nn.Linear(dim, patch * patch * config.num_channels)
+        self.apply_frozen_parameters_()
         self.post_init()
+
+    def frozen_parameter_prefixes(self) -> tuple:
+        prefixes = super().frozen_parameter_prefixes()
+        if self.config.encoder_sincos_pos_embed:
+            prefixes += ("encoder.embeddings.position_embeddings",)
+        return prefixes
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -65,6 +73,8 @@ class CropMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
             from transformers import initialization as init
 
             init.normal_(self.mask_token, std=0.02)  # MAE: torch.nn.init.normal_(mask_token, std=.02)
+            if self.config.encoder_sincos_pos_embed:
+                init_sincos_position_embeddings_(self.encoder)
 
     def generate_mask(self, batch_size: int, num_patches: int, device=None, generator=None) -> torch.Tensor:
         m = num_patches - self.config.num_visible(num_patches)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_forward_visible, vit_grid
+from ..backbones import patchify, pool_vit_tokens, init_sincos_position_embeddings_, vit_forward_visible, vit_grid
 from ..base import SSLPreTrainedModel
 from ..heads import MaskedAutoencoderDecoder, MLPHead
 from ..losses import normalized_pixel_targets
@@ -105,10 +105,7 @@ class FSFMForSelfSupervisedPretraining(SSLPreTrainedModel):
             init.normal_(module.mask_token, std=0.02)
         if module is self:
             for encoder in (self.encoder, self.teacher_encoder):
-                pos = encoder.embeddings.position_embeddings
-                grid = vit_grid(encoder.config)
-                table = sincos_pos_embed_2d(pos.shape[-1], grid[0], grid[1], cls_token=True)
-                init.copy_(pos, table.reshape(pos.shape).to(pos.dtype))
+                init_sincos_position_embeddings_(encoder)
 
     # -- regions & masks -----------------------------------------------------------------------------------------
     def set_region_parser(self, parser: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import _vit_layers, patchify, pool_vit_tokens, sincos_pos_embed_2d, vit_embed_patches, vit_grid
+from ..backbones import _vit_layers, patchify, pool_vit_tokens, init_sincos_position_embeddings_, vit_embed_patches, vit_grid
 from ..base import SSLPreTrainedModel
 from ..heads import Attention
 from ..losses import normalized_pixel_targets
@@ -129,10 +129,7 @@ class SemAIMForSelfSupervisedPretraining(SSLPreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         if module is self and self.config.encoder_sincos_pos_embed:
-            pos = self.encoder.embeddings.position_embeddings
-            grid = vit_grid(self.encoder.config)
-            table = sincos_pos_embed_2d(pos.shape[-1], grid[0], grid[1], cls_token=True)
-            init.copy_(pos, table.reshape(pos.shape).to(pos.dtype))
+            init_sincos_position_embeddings_(self.encoder)
 
     # -- semantic-aware permutation ----------------------------------------------------------------------
     def semantic_similarity(self, tokens: torch.Tensor) -> torch.Tensor:
