@@ -47,11 +47,16 @@ METHOD = MethodSpec(
         "masked patches)."
     ),
     presets={
-        "cpu-demo": dict(backbone_config="vit-micro", image_size=32, mask_ratio=0.9, decoder_hidden_size=64,
-                         decoder_depth=2, decoder_num_heads=4, decoder_mlp_dim=256, decoder_dropout=0.0,
+        # 32 px digits (8 x 8 patches): 75% masking, raw-pixel targets (per-patch normalisation of bilinearly
+        # upsampled 8 px digits amplifies interpolation noise) and mean pooling; k-NN 0.580 -> 0.713 in 400 steps.
+        # With learned instead of fixed sin-cos positions the encoder lost k-NN accuracy at every setting tried.
+        "cpu-demo": dict(backbone_config="vit-micro", image_size=32, mask_ratio=0.75, norm_pix_loss=False,
+                         feature_pooling="mean", decoder_hidden_size=64, decoder_depth=2, decoder_num_heads=4,
+                         decoder_mlp_dim=256, decoder_dropout=0.0,
                          augmentation={"global_scale": [0.5, 1.0], "local_scale": [0.4, 0.8],
                                        "horizontal_flip": 0.0}),
     },
+    demo_training={"max_steps": 400, "learning_rate": 3e-4},
 )
 
 __all__ = ["CropMAEConfig", "CropMAEForSelfSupervisedPretraining", "CropMAEImageProcessor", "METHOD"]
