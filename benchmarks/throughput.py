@@ -93,6 +93,9 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
         encoder.to(memory_format=torch.channels_last)
         batch = {k: _to_channels_last(v) for k, v in batch.items()}
     x = global_views(batch)
+    enc_channels = getattr(config.backbone_config, "num_channels", x.shape[1])
+    if x.dim() == 4 and x.shape[1] > enc_channels:  # channel-adaptive methods (ChAda-ViT) wrap a 1-channel encoder
+        x = x[:, :enc_channels]
     step_counter = [0]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
 
@@ -145,22 +148,31 @@ def main(argv=None):
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     dtype = torch.bfloat16 if args.bf16 else None
-    rows = []
+    rows, failures = [], []
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} backbone={args.backbone} "
           f"image={args.image_size} batch={args.batch_size} channels_last={args.channels_last}")
     print(f"{'method':10s} {'backbone':9s} {'views':>5s} {'method img/s':>13s} {'backbone f+b img/s':>19s} "
           f"{'ratio':>6s} {'peak MiB':>9s}")
     for name in args.methods or available_methods():
-        row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
-                           args.rounds, device, dtype, channels_last=args.channels_last)
+        try:
+            row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
+                               args.rounds, device, dtype, channels_last=args.channels_last)
+        except Exception as err:  # one broken method must not hide the others' numbers; it is reported and counted
+            failures.append(name)
+            print(f"{name:10s} FAILED: {type(err).__name__}: {err}")
+            continue
         rows.append(row)
         print(f"{row['method']:10s} {row['backbone']:9s} {row['views']:5d} {row['method_images_per_s']:13.1f} "
               f"{row['backbone_fwd_bwd_images_per_s']:19.1f} {row['ratio_method_over_backbone']:6.3f} "
               f"{row['peak_memory_mib']:9.1f}")
         sys.stdout.flush()
+    if device.type == "cpu":
+        print("peak MiB on CPU = the process's max resident set so far (it only grows down the table)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    if failures:
+        raise SystemExit(f"{len(failures)} method(s) failed: {', '.join(failures)}")
     return rows
 
 
