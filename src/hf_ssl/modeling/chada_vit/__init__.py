@@ -46,10 +46,13 @@ from .image_processing_chada_vit import ChAdaViTImageProcessor
 from .modeling_chada_vit import ChAdaViTForSelfSupervisedPretraining
 
 CPU_DEMO_PRESET = {
-    "backbone_config": {"model_type": "vit", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+    # 32 px digits: 2 blocks, K = 256 prototypes and mean pooling, 800 steps at lr 1e-3 (k-NN 0.620 -> 0.690). With
+    # K = 1024, 4 blocks or fewer steps the centred teacher targets stayed near-uniform and k-NN fell below random init.
+    "backbone_config": {"model_type": "vit", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                         "intermediate_size": 512, "patch_size": 8, "num_channels": 1},
     "image_size": 32,
-    "head_out_dim": 1024,
+    "feature_pooling": "mean",
+    "head_out_dim": 256,
     "head_hidden_dim": 512,
     "head_bottleneck_dim": 128,
     "augmentation": {"num_global": 2, "num_local": 2, "local_size": 16, "global_scale": [0.4, 1.0],
@@ -67,7 +70,7 @@ METHOD = MethodSpec(
         "masked out of attention, trained with the shared DINO self-distillation core."
     ),
     presets={"cpu-demo": CPU_DEMO_PRESET},
-    demo_training={"max_steps": 400, "learning_rate": 3e-4},
+    demo_training={"max_steps": 800, "learning_rate": 1e-3},
 )
 
 __all__ = ["ChAdaViTConfig", "ChAdaViTForSelfSupervisedPretraining", "ChAdaViTImageProcessor", "METHOD",
