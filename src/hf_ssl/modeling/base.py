@@ -192,8 +192,13 @@ class SSLPreTrainedModel(PreTrainedModel):
         """Name prefixes of parameters that never receive gradients: EMA teachers by default; methods add
         fixed embeddings. transformers 5 `from_pretrained` hands loaded parameters back with
         `requires_grad=True`, so the freeze is re-applied by `train()` / `eval()` (the Trainer calls
-        `train()`, `from_pretrained` ends with `eval()`)."""
-        return ("teacher_encoder.",)
+        `train()`, `from_pretrained` ends with `eval()`). A config with `encoder_sincos_pos_embed=True` (MAE-style
+        fixed sin-cos positions, filled by `backbones.init_sincos_position_embeddings_`) also freezes the encoder's
+        position table."""
+        prefixes = ("teacher_encoder.",)
+        if getattr(self.config, "encoder_sincos_pos_embed", False):
+            prefixes += ("encoder.embeddings.position_embeddings",)
+        return prefixes
 
     def apply_frozen_parameters_(self) -> None:
         prefixes = self.frozen_parameter_prefixes()

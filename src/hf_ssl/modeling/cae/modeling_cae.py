@@ -21,6 +21,7 @@ from transformers import initialization as init
 
 from ..backbones import (
     gather_tokens,
+    init_sincos_position_embeddings_,
     patchify,
     pool_vit_tokens,
     sincos_pos_embed_2d,
@@ -157,13 +158,6 @@ class CAEForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.__dict__["_visual_tokenizer"] = None  # plain attribute: never registered, never saved
         self.post_init()
 
-    def frozen_parameter_prefixes(self) -> tuple:
-        """EMA teacher (base default) and, as in the official encoder, the fixed sin-cos positions."""
-        prefixes = super().frozen_parameter_prefixes()
-        if self.config.encoder_sincos_pos_embed:
-            prefixes += ("encoder.embeddings.position_embeddings",)
-        return prefixes
-
     # -- initialisation (official: xavier-uniform linears, LN 1/0, trunc-normal mask token) ----------------
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -214,10 +208,7 @@ class CAEForSelfSupervisedPretraining(SSLPreTrainedModel):
                 if m.bias is not None:
                     init.zeros_(m.bias)
         if self.config.encoder_sincos_pos_embed:
-            pos = encoder.embeddings.position_embeddings
-            grid = vit_grid(encoder.config)
-            table = sincos_pos_embed_2d(pos.shape[-1], grid[0], grid[1], cls_token=True)
-            init.copy_(pos, table.reshape(pos.shape).to(pos.dtype))
+            init_sincos_position_embeddings_(encoder)
 
     # -- visual tokenizer for target="tokens" -------------------------------------------------------------
     def set_tokenizer(self, tokenizer: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:

@@ -74,12 +74,6 @@ class CroCoForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.apply_frozen_parameters_()
         self.post_init()
 
-    def frozen_parameter_prefixes(self) -> tuple:
-        prefixes = super().frozen_parameter_prefixes()
-        if self.config.encoder_sincos_pos_embed:
-            prefixes += ("encoder.embeddings.position_embeddings",)
-        return prefixes
-
     def _init_weights(self, module):
         # official `_init_weights`: xavier-uniform linears with zero bias, LayerNorm 1/0; mask token N(0, 0.02)
         if isinstance(module, nn.Linear):

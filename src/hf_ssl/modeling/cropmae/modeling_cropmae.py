@@ -61,12 +61,6 @@ class CropMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.apply_frozen_parameters_()
         self.post_init()
 
-    def frozen_parameter_prefixes(self) -> tuple:
-        prefixes = super().frozen_parameter_prefixes()
-        if self.config.encoder_sincos_pos_embed:
-            prefixes += ("encoder.embeddings.position_embeddings",)
-        return prefixes
-
     def _init_weights(self, module):
         super()._init_weights(module)
         if module is self:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import _vit_layers, patchify, pool_vit_tokens, init_sincos_position_embeddings_, vit_embed_patches, vit_grid
+from ..backbones import _vit_layers, init_sincos_position_embeddings_, patchify, pool_vit_tokens, vit_embed_patches
 from ..base import SSLPreTrainedModel
 from ..heads import Attention
 from ..losses import normalized_pixel_targets
@@ -108,12 +108,6 @@ class SemAIMForSelfSupervisedPretraining(SSLPreTrainedModel):
             self.prediction_head = nn.Linear(dim, out_dim)
         self.apply_frozen_parameters_()
         self.post_init()
-
-    def frozen_parameter_prefixes(self) -> tuple:
-        prefixes = super().frozen_parameter_prefixes()
-        if self.config.encoder_sincos_pos_embed:
-            prefixes += ("encoder.embeddings.position_embeddings",)
-        return prefixes
 
     def _init_weights(self, module):
         std = self.config.initializer_range
