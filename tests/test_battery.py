@@ -4,21 +4,20 @@ A new method is picked up with no edit here: it only needs its registry line and
 tests/tiny_configs.py (the first test fails loudly without one).
 """
 
-import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.registry import METHODS, get_method
 from hf_ssl.training.arguments import SSLTrainingArguments
-from hf_ssl.training.data import SSLDataCollator, SSLViewDataset, build_view_generator, decode_image, load_image_stream
+from hf_ssl.training.data import (SSLDataCollator, SSLViewDataset, build_view_generator, load_image_stream,
+                                  materialize_builtin)
 from hf_ssl.training.trainer import SSLTrainer
 from tiny_configs import TINY_CONFIGS, tiny_config
 
@@ -31,13 +30,18 @@ def test_registry_has_tiny_configs():
 
 
 def _batch(config, n=4, seed=0):
-    """A real batch from the method's own view policy (built-in digits)."""
+    """A real batch from the method's own view policy on the method's default data (built-in digits unless the
+    method names another built-in source, e.g. clips for video methods)."""
+    spec = get_method(config.model_type)
     policy = build_view_generator(config)
-    rng = np.random.default_rng(seed)
-    examples = []
     mode = {1: "L", 3: "RGB"}.get(config.num_channels, "RGB")
-    for example in load_image_stream("builtin:digits", split="test", shuffle_buffer=0):
-        examples.append(dict(policy(decode_image(example["image"], mode), rng), num_skipped=0))
+    ds = SSLViewDataset(load_image_stream(spec.default_dataset, split="test", shuffle_buffer=0), policy, seed=seed,
+                        image_mode=mode)
+    examples = []
+    for example in ds:
+        if example.get("_empty"):
+            continue
+        examples.append(example)
         if len(examples) == n:
             break
     batch = SSLDataCollator()(examples)
@@ -45,8 +49,10 @@ def _batch(config, n=4, seed=0):
     return batch
 
 
-def _global_view(batch):
-    v = batch["pixel_values"]
+def _global_view(batch, model=None):
+    """The first view of the model's main input (`main_input_name`: images, clips, ...)."""
+    key = getattr(model, "main_input_name", "pixel_values") if model is not None else "pixel_values"
+    v = batch[key]
     return v[0] if isinstance(v, list) else v
 
 
@@ -72,8 +78,8 @@ def test_save_load_equality_safetensors_only(name, tmp_path):
         assert torch.equal(sd1[k], sd2[k]), k
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == \
         [n for n, p in reloaded.named_parameters() if not p.requires_grad]  # frozen stays frozen
-    x = _global_view(_batch(model.config))
-    assert torch.equal(model.get_image_features(x), reloaded.get_image_features(x))
+    x = _global_view(_batch(model.config), model)
+    assert torch.equal(model.get_input_features(x), reloaded.get_input_features(x))
     assert AutoConfig.from_pretrained(tmp_path).to_dict()["augmentation"] == model.config.augmentation
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor) is get_method(name).image_processor_class
@@ -94,9 +100,9 @@ def test_forward_train_step_and_loss(name):
 @pytest.mark.parametrize("name", ALL)
 def test_eval_mode_batch_equivalence(name):
     model = _model(name).eval()
-    x = _global_view(_batch(model.config, n=4))
-    full = model.get_image_features(x)
-    single = torch.cat([model.get_image_features(x[i: i + 1]) for i in range(len(x))])
+    x = _global_view(_batch(model.config, n=4), model)
+    full = model.get_input_features(x)
+    single = torch.cat([model.get_input_features(x[i: i + 1]) for i in range(len(x))])
     assert torch.allclose(full, single, atol=1e-5)
 
 
@@ -108,10 +114,10 @@ def test_export_encoder_reloads_without_hf_ssl(tmp_path):
         model = _model(name).eval()
         d = tmp_path / name
         model.export_encoder(d)
-        x = _global_view(_batch(model.config, n=2))
+        x = _global_view(_batch(model.config, n=2), model)
         # a method whose vanilla export takes another input layout says which (ChAda-ViT: one channel)
         x = getattr(model, "export_check_input", lambda v: v)(x)
-        torch.save({"x": x, "features": model.get_image_features(x)}, d / "expected.pt")
+        torch.save({"x": x, "features": model.get_input_features(x)}, d / "expected.pt")
         cases.append(str(d))
     script = """
 import json, sys, torch
@@ -120,15 +126,21 @@ from transformers import AutoModel, AutoImageProcessor
 for d in sys.argv[1:]:
     enc = AutoModel.from_pretrained(d).eval()
     AutoImageProcessor.from_pretrained(d)
-    pooling = json.load(open(d + "/hf_ssl_export.json"))["feature_pooling"]
+    info = json.load(open(d + "/hf_ssl_export.json"))
+    pooling, key = info["feature_pooling"], info.get("input_name", "pixel_values")
     exp = torch.load(d + "/expected.pt")
-    with torch.no_grad():
-        out = enc(pixel_values=exp["x"], interpolate_pos_encoding=True) if enc.config.model_type == "vit" else enc(pixel_values=exp["x"])
+    kwargs = {key: exp["x"]}
     if enc.config.model_type == "vit":
-        h = out.last_hidden_state
+        kwargs["interpolate_pos_encoding"] = True
+    with torch.no_grad():
+        out = enc(**kwargs)
+    h = getattr(out, "last_hidden_state", None)
+    if enc.config.model_type == "vit":
         feats = h[:, 0] if pooling == "cls" else h[:, 1:].mean(1)
-    else:
+    elif getattr(out, "pooler_output", None) is not None:
         feats = out.pooler_output.flatten(1)
+    else:  # token models without a pooler (e.g. VideoMAE): mean over all tokens
+        feats = h.mean(1)
     assert torch.allclose(feats, exp["features"], atol=1e-5), d
 print("ok", len(sys.argv) - 1)
 """
@@ -137,23 +149,33 @@ print("ok", len(sys.argv) - 1)
     assert proc.stdout.strip() == f"ok {len(ALL)}"
 
 
-def _png(seed, size=(36, 36)):
-    buf = io.BytesIO()
-    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+def _default_files(name, per_class=6, classes=2):
+    """Real files of the method's default built-in data (images, or clips / volumes stored as multi-frame files),
+    `per_class` from each of the first `classes` label folders of its test split."""
+    source = get_method(name).default_dataset
+    assert source.startswith("builtin:"), "a method's default dataset must be a built-in (offline) source"
+    root = os.path.join(materialize_builtin(source.split(":", 1)[1]), "test")
+    out = []
+    for label in sorted(os.listdir(root))[:classes]:
+        files = sorted(os.listdir(os.path.join(root, label)))[:per_class]
+        assert len(files) == per_class
+        out.append((label, [os.path.join(root, label, f) for f in files]))
+    return out
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_stream_with_corrupt_images_finishes_and_counts(name, tmp_path):
     root = tmp_path / "data"
-    for c in range(2):
-        (root / str(c)).mkdir(parents=True)
-        for i in range(6):
-            (root / str(c) / f"img{i}.png").write_bytes(_png(10 * c + i))
-    (root / "0" / "a_zero.png").write_bytes(b"")  # sorted before the good files of its class
-    (root / "0" / "b_truncated.png").write_bytes(_png(99)[:50])
-    (root / "1" / "a_garbage.png").write_bytes(b"\x89PNG not really")
+    groups = _default_files(name)
+    ext = os.path.splitext(groups[0][1][0])[1]
+    for label, files in groups:
+        (root / label).mkdir(parents=True)
+        for i, f in enumerate(files):
+            shutil.copyfile(f, root / label / f"img{i}{ext}")
+    first = groups[0][1][0]
+    (root / groups[0][0] / f"a_zero{ext}").write_bytes(b"")  # sorted before the good files of its class
+    (root / groups[0][0] / f"b_truncated{ext}").write_bytes(open(first, "rb").read()[:50])
+    (root / groups[1][0] / f"a_garbage{ext}").write_bytes(b"\x89PNG not really")
     config = tiny_config(name)
     torch.manual_seed(0)
     model = get_method(name).model_class(config)
@@ -163,7 +185,7 @@ def test_stream_with_corrupt_images_finishes_and_counts(name, tmp_path):
                                 save_strategy="no", logging_steps=1, disable_tqdm=True)
     trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
     trainer.train()
-    assert trainer.skipped_images == 3  # 12 good images = 3 batches; all 3 bad files counted, none lost
+    assert trainer.skipped_images == 3  # 12 good files = 3 batches; all 3 bad files counted, none lost
     assert trainer.state.log_history[-2]["skipped_images"] == 3
 
 
@@ -173,7 +195,7 @@ def test_resume_equals_uninterrupted(name, tmp_path):
         config = tiny_config(name)
         torch.manual_seed(0)
         model = get_method(name).model_class(config)
-        ds = SSLViewDataset(load_image_stream("builtin:digits", seed=0, shuffle_buffer=32),
+        ds = SSLViewDataset(load_image_stream(get_method(name).default_dataset, seed=0, shuffle_buffer=32),
                             build_view_generator(config), seed=0)
         args = SSLTrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=4,
                                     learning_rate=1e-3, logging_steps=1, save_steps=save_steps,
@@ -225,7 +247,11 @@ def test_nonsense_configs_raise_at_config_time(name):
 @pytest.mark.parametrize("name", ALL)
 def test_wrong_channel_count_is_a_clear_error(name):
     model = _model(name).eval()
-    x = _global_view(_batch(model.config, n=2))
-    wrong = torch.randn(x.shape[0], x.shape[1] + 1, *x.shape[2:])
+    dim = model.input_channel_dim
+    if dim is None:
+        pytest.skip(f"{name}'s input has no channel axis")
+    x = _global_view(_batch(model.config, n=2), model)
+    shape = list(x.shape)
+    shape[dim] += 1
     with pytest.raises(ValueError, match="channel"):
-        model.get_image_features(wrong)
+        model.get_input_features(torch.randn(*shape))

@@ -149,6 +149,10 @@ class SSLPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # which encoder `export_encoder` writes by default ("encoder" or "teacher_encoder")
     export_attribute = "encoder"
+    # Methods whose main input is not an image batch (video clips `[B, T, C, H, W]`, volumes, point sets) set
+    # `main_input_name` (e.g. "pixel_values_videos"), the axis that holds channels (None: no channel axis) and
+    # override `get_input_features`; evaluation, the CLI and the reliability battery use these three.
+    input_channel_dim = 1
 
     def _build_encoder(self) -> nn.Module:
         return build_backbone(self.config.backbone_config)
@@ -186,6 +190,11 @@ class SSLPreTrainedModel(PreTrainedModel):
         self.check_pixel_values(pixel_values)
         encoder = getattr(self, self.export_attribute)
         return encode(encoder, pixel_values, pooling or self.config.feature_pooling)
+
+    def get_input_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled embedding `[B, D]` of a batch of the model's main input (`main_input_name`): images for most
+        methods; video / volume / point-set methods override this (k-NN evaluation and the battery call it)."""
+        return self.get_image_features(inputs)
 
     # -- parameters that never take gradients ----------------------------------------------------------
     def frozen_parameter_prefixes(self) -> tuple:
@@ -229,7 +238,8 @@ class SSLPreTrainedModel(PreTrainedModel):
             json.dump(stock, f, indent=2)
         with open(os.path.join(save_directory, "hf_ssl_export.json"), "w") as f:
             json.dump({"method": self.config.model_type, "exported_attribute": attribute or self.export_attribute,
-                       "feature_pooling": self.config.feature_pooling}, f, indent=2)
+                       "feature_pooling": self.config.feature_pooling,
+                       "input_name": getattr(encoder, "main_input_name", "pixel_values")}, f, indent=2)
         if push_to_hub:
             from huggingface_hub import HfApi
 

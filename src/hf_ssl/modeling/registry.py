@@ -49,6 +49,9 @@ class MethodSpec:
     presets: Dict[str, dict] = field(default_factory=dict)  # named config presets (e.g. SEER for SwAV)
     # trainer settings of the "cpu-demo" run (`hf-ssl pretrain` defaults): max_steps, learning_rate
     demo_training: Dict[str, float] = field(default_factory=dict)
+    # the dataset `hf-ssl pretrain --method <name>` and the reliability battery use when none is given
+    # (a built-in source such as "builtin:digits"; video / volume methods name their own built-in data)
+    default_dataset: str = "builtin:digits"
 
     @property
     def model_type(self) -> str:

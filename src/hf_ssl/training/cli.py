@@ -74,7 +74,7 @@ def build_config(method: str, preset: Optional[str] = None, overrides: Optional[
     return spec.make_config(preset, **(overrides or {}))
 
 
-def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits", output_dir: Optional[str] = None,
+def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None, output_dir: Optional[str] = None,
                     preset: Optional[str] = DEMO_PRESET, config_overrides: Optional[Dict[str, Any]] = None,
                     max_steps: Optional[int] = None, batch_size: int = 64, learning_rate: Optional[float] = None,
                     weight_decay: float = 1e-6, eval_split: str = "test", knn_bank_size: Optional[int] = None,
@@ -93,6 +93,7 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: str = "builtin:digits
     from .trainer import SSLTrainer
 
     spec = get_method(method)
+    dataset = dataset or spec.default_dataset  # builtin:digits unless the method names its own built-in data
     if preset and preset not in spec.presets:
         preset = None if preset == DEMO_PRESET else preset
     config = spec.make_config(preset, **(config_overrides or {}))
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (default: SwAV on built-in digits)")
     p.add_argument("--method", default=DEFAULT_METHOD)
-    p.add_argument("--dataset", default="builtin:digits", help="builtin:digits, a folder, parquet/tar glob or Hub id")
+    p.add_argument("--dataset", default=None, help="builtin:digits (default; video/volume methods default to their "
+                   "own built-in data), a folder, parquet/tar glob or Hub id")
     p.add_argument("--preset", default=DEMO_PRESET, help="method preset (e.g. seer for swav); 'none' for paper defaults")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides (JSON values)")
     p.add_argument("--output-dir")

@@ -575,7 +575,9 @@ def labeled_eval_dataset(source: str, split: str, config, max_samples: Optional[
     if max_samples:
         ds = ds.take(max_samples)
     mode = {1: "L", 3: "RGB"}.get(config.num_channels)
-    return SSLViewDataset(ds, build_view_generator(config, "eval"), with_labels=True, image_mode=mode)
+    # methods whose inputs are not single images (clips, volumes) name their deterministic policy
+    policy = (getattr(config, "augmentation", None) or {}).get("eval_policy", "eval")
+    return SSLViewDataset(ds, build_view_generator(config, policy), with_labels=True, image_mode=mode)
 
 
 __all__ = [

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 @torch.no_grad()
 def extract_features(model, dataset, batch_size: int = 256, device=None, num_workers: int = 0,
                      desc: str = "features", disable_progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Pooled features (`model.get_image_features`) and labels of a labeled `SSLViewDataset`."""
+    """Pooled features and labels of a labeled `SSLViewDataset`: `model.get_input_features` on the model's main
+    input (`main_input_name`; images for most methods, clips for video methods), else `get_image_features`."""
     from .data import SSLDataCollator
 
     device = device or next(model.parameters()).device
@@ -24,9 +25,12 @@ def extract_features(model, dataset, batch_size: int = 256, device=None, num_wor
     feats, labels = [], []
     try:
         for batch in tqdm(loader, desc=desc, leave=False, disable=disable_progress):
-            if "pixel_values" not in batch:
+            key = getattr(model, "main_input_name", "pixel_values")
+            key = key if key in batch else "pixel_values"
+            if key not in batch:
                 continue
-            f = model.get_image_features(batch["pixel_values"].to(device))
+            fn = getattr(model, "get_input_features", None) or model.get_image_features
+            f = fn(batch[key].to(device))
             feats.append(f.float().cpu())
             labels.append(batch["labels"])
     finally:
