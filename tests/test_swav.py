@@ -554,3 +554,37 @@ def test_presets():
     assert (aug["num_global"], aug["num_local"], aug["global_size"], aug["local_size"]) == (2, 6, 224, 96)
     assert aug["global_scale"] == [0.14, 1.0] and aug["local_scale"] == [0.05, 0.14]
     assert SwAVConfig(image_size=160).augmentation["global_size"] == 160
+
+
+# ----------------------------------------------------------------------------------------------------
+# no device->host read of the schedule state in the training step (a sync per step on GPU)
+# ----------------------------------------------------------------------------------------------------
+def test_training_step_reads_no_schedule_buffer_from_the_device(monkeypatch):
+    model = make_model(freeze_prototypes_steps=2, queue_length=8, queue_start_step=0).train()
+    model(pixel_values=make_crops(seed=0))  # first step: mirrors filled (one read each)
+    model.on_step_end(1, 10)
+    model(pixel_values=make_crops(seed=1))  # fills the queue (2 x 4 rows): the last read of the queue
+    model.on_step_end(2, 10)
+    watched = {model.optimizer_step.data_ptr(), model.queue.data_ptr()}
+    reads = []
+    for name in ("__int__", "__bool__", "item", "tolist", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            if self.data_ptr() in watched or (self._base is not None and self._base.data_ptr() in watched):
+                reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    out = model(pixel_values=make_crops(seed=2))
+    assert out.metrics["queue_in_use"] == 1.0 and out.metrics["prototypes_frozen"] == 0.0
+    assert reads == []
+
+
+def test_host_step_mirror_follows_a_loaded_state_dict():
+    model = make_model(freeze_prototypes_steps=3)
+    assert model.prototypes_frozen()
+    other = make_model(freeze_prototypes_steps=3)
+    other.on_step_end(5, 10)
+    model.load_state_dict(other.state_dict())
+    assert model.current_step() == 5 and not model.prototypes_frozen()

@@ -60,8 +60,8 @@ class SSLTrainer(Trainer):
         return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if "pixel_values" not in inputs and "pixel_values_videos" not in inputs:
-            # every image of this batch was undecodable: count them, take no step on it
+        if not set(inputs) - {"num_skipped"}:
+            # every sample of this batch was undecodable: count them, take no step on it
             self._count_skipped(inputs.pop("num_skipped", None))
             return torch.zeros((), device=self.args.device)
         return super().training_step(model, inputs, num_items_in_batch)

@@ -63,7 +63,18 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
             )
         else:
             self.queue = None
+        # Host-side mirrors of `optimizer_step` and of "the queue is full", so the training step reads no device
+        # tensor (a device->host sync per step on GPU). They are filled from the buffers once (lazily) and reset
+        # whenever a state dict is loaded (resume).
+        self._host_step: Optional[int] = None
+        self._host_queue_full = False
+        self.register_load_state_dict_post_hook(SwAVForSelfSupervisedPretraining._reset_host_mirrors)
         self.post_init()
+
+    @staticmethod
+    def _reset_host_mirrors(module, incompatible_keys=None) -> None:
+        module._host_step = None
+        module._host_queue_full = False
 
     # -- initialisation (official: PyTorch-default Linear init for head and prototypes, prototypes normalized) ------
     def _init_weights(self, module):
@@ -78,6 +89,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
         else:
             super()._init_weights(module)
         if module is self:
+            self._reset_host_mirrors(self)
             init.zeros_(self.optimizer_step)
             if self.queue is not None:
                 init.zeros_(self.queue)
@@ -85,12 +97,23 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
     # -- schedule state ---------------------------------------------------------------------------------------
     def prototypes_frozen(self, step: Optional[int] = None) -> bool:
         """True while the prototypes receive no gradient (the first `freeze_prototypes_steps` optimizer steps)."""
-        step = int(self.optimizer_step) if step is None else step
+        step = self.current_step() if step is None else step
         return step < self.config.freeze_prototypes_steps
 
+    def current_step(self) -> int:
+        """Optimizer steps taken (host mirror of the `optimizer_step` buffer; one device read after a load)."""
+        if self._host_step is None:
+            self._host_step = int(self.optimizer_step)
+        return self._host_step
+
     def queue_is_full(self) -> bool:
-        """Official `use_the_queue` test: the queue's last row is non-zero (it has been filled completely)."""
-        return self.queue is not None and bool((self.queue[:, -1] != 0).any())
+        """Official `use_the_queue` test: the queue's last row is non-zero (it has been filled completely). Once
+        true it stays true (rows are only ever replaced), so the device is read only until the queue fills."""
+        if self.queue is None:
+            return False
+        if not self._host_queue_full:
+            self._host_queue_full = bool((self.queue[:, -1] != 0).any())
+        return self._host_queue_full
 
     # -- building blocks --------------------------------------------------------------------------------------
     def encode_crops(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -212,7 +235,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
 
         crops = self._check_crops(pixel_values)
         bs = crops[0].shape[0]
-        step = int(self.optimizer_step)
+        step = self.current_step()
         frozen = self.prototypes_frozen(step)
         queue_running = self.queue is not None and step >= self.config.queue_start_step
         if queue_running:
@@ -255,6 +278,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
         """After each optimizer step: record the step (prototype freezing, queue start) and project the prototypes
         back onto the unit sphere (the official code normalizes them at the start of every iteration)."""
         self.optimizer_step.fill_(int(step))
+        self._host_step = int(step)
         self.prototypes.normalize_()
 
 
