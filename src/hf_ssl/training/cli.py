@@ -80,7 +80,8 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
                     weight_decay: float = 1e-6, eval_split: str = "test", knn_bank_size: Optional[int] = None,
                     num_workers: int = 0, eval_steps: Optional[int] = None, save_steps: Optional[int] = None,
                     resume: Optional[str] = None, seed: int = 0, push_to_hub: Optional[str] = None,
-                    extra_args: Optional[Dict[str, Any]] = None, log=print, save: bool = True) -> Dict[str, Any]:
+                    extra_args: Optional[Dict[str, Any]] = None, log=print, save: bool = True,
+                    device_augmentation: bool = False) -> Dict[str, Any]:
     """Pretrain, evaluate before/after with k-NN, save the checkpoint + model card + exported encoder (unless
     `save=False`, for benchmarks that only want the numbers)."""
     import torch
@@ -115,7 +116,8 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
     args = SSLTrainingArguments(**kwargs)
 
     mode = {1: "L", 3: "RGB"}.get(config.num_channels)
-    train_ds = SSLViewDataset(load_image_stream(dataset, split="train", seed=seed), build_view_generator(config),
+    views = build_view_generator(config, device_photometric=device_augmentation)
+    train_ds = SSLViewDataset(load_image_stream(dataset, split="train", seed=seed), views,
                               seed=seed, image_mode=mode)
     knn_train = labeled_eval_dataset(dataset, "train", config, max_samples=knn_bank_size)
     knn_test = labeled_eval_dataset(dataset, eval_split, config)
@@ -234,6 +236,9 @@ def main(argv=None) -> int:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--weight-decay", type=float, default=1e-6)
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device-augmentation", action="store_true",
+                   help="colour jitter / grayscale / blur / solarize batched on the training device instead of in "
+                        "the CPU workers (two-view and multi-crop policies)")
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--resume", help="checkpoint folder to resume from")
@@ -314,6 +319,7 @@ def main(argv=None) -> int:
                         config_overrides=_parse_overrides(args.set), output_dir=args.output_dir,
                         max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         weight_decay=args.weight_decay, num_workers=args.num_workers, eval_steps=args.eval_steps,
+                        device_augmentation=args.device_augmentation,
                         save_steps=args.save_steps, resume=args.resume, seed=args.seed, push_to_hub=args.push_to_hub)
         return 0
     if command == "evaluate":

@@ -289,8 +289,12 @@ class ImageAugment:
                  horizontal_flip: float = 0.5, color_jitter: float = 0.0, color_jitter_strength=(0.4, 0.4, 0.4, 0.1),
                  grayscale: float = 0.0, gaussian_blur: float = 0.0, blur_sigma=(0.1, 2.0), solarize: float = 0.0,
                  random_field: float = 0.0, random_field_affine_strength: float = 1.0,
-                 random_field_color_strength: float = 1.0, random_field_length_scale: float = 0.25):
+                 random_field_color_strength: float = 1.0, random_field_length_scale: float = 0.25,
+                 defer_photometric: bool = False):
         self.size = size
+        # True: leave colour jitter / grayscale / blur / solarize to `device_augment.DevicePhotometricAugment`
+        # (batched on the training device); the crop, random fields and flip still happen here
+        self.defer_photometric = bool(defer_photometric)
         self.scale = tuple(scale)
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
@@ -321,14 +325,15 @@ class ImageAugment:
         flipped = rng.random() < self.horizontal_flip
         if flipped:
             out = ImageOps.mirror(out)
-        if self.color_jitter and rng.random() < self.color_jitter:
-            out = color_jitter(out, self.color_jitter_strength, rng)
-        if self.grayscale and out.mode == "RGB" and rng.random() < self.grayscale:
-            out = out.convert("L").convert("RGB")
-        if self.gaussian_blur and rng.random() < self.gaussian_blur:
-            out = out.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*self.blur_sigma)))
-        if self.solarize and rng.random() < self.solarize:
-            out = ImageOps.solarize(out, threshold=128)
+        if not self.defer_photometric:
+            if self.color_jitter and rng.random() < self.color_jitter:
+                out = color_jitter(out, self.color_jitter_strength, rng)
+            if self.grayscale and out.mode == "RGB" and rng.random() < self.grayscale:
+                out = out.convert("L").convert("RGB")
+            if self.gaussian_blur and rng.random() < self.gaussian_blur:
+                out = out.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*self.blur_sigma)))
+            if self.solarize and rng.random() < self.solarize:
+                out = ImageOps.solarize(out, threshold=128)
         tensor = to_normalized_tensor(out, self.mean, self.std)
         if return_box:
             return tensor, {"box": (left, top, w, h), "flipped": flipped, "image_size": (img.width, img.height)}
@@ -365,10 +370,18 @@ def _augment_kwargs(aug: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class ViewPolicy:
-    """Base: holds the config's normalization, image mode and augmentation dict."""
+    """Base: holds the config's normalization, image mode and augmentation dict.
 
-    def __init__(self, config):
+    A policy whose outputs are all `augment(...)` views may set `supports_device_photometric = True` in its own class
+    body (not inherited: a subclass that post-processes its parent's views must opt in itself): built with
+    `device_photometric=True` it then leaves the photometric operations to the training device (see
+    `training/device_augment.py`) and marks its examples with `photometric_on_device`."""
+
+    supports_device_photometric = False
+
+    def __init__(self, config, device_photometric: bool = False):
         self.config = config
+        self.device_photometric = bool(device_photometric)
         self.aug = dict(config.augmentation)
         self.mean, self.std = config.image_mean, config.image_std
         self.mode = {1: "L", 3: "RGB"}.get(config.num_channels)
@@ -376,27 +389,38 @@ class ViewPolicy:
             raise ValueError(f"The built-in view policies handle 1 or 3 channels, got {config.num_channels}.")
 
     def augment(self, size: int, scale) -> ImageAugment:
-        return ImageAugment(size, scale, self.mean, self.std, **_augment_kwargs(self.aug))
+        return ImageAugment(size, scale, self.mean, self.std, defer_photometric=self.device_photometric,
+                            **_augment_kwargs(self.aug))
+
+    def mark(self, out: Dict[str, Any]) -> Dict[str, Any]:
+        """Flag an example whose photometric augmentation is left to the device."""
+        if self.device_photometric:
+            out["photometric_on_device"] = True
+        return out
 
 
 @register_view_policy("two_view")
 class TwoViewPolicy(ViewPolicy):
     """Two independently augmented views (SimCLR / MoCo / BYOL)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    supports_device_photometric = True
+
+    def __init__(self, config, device_photometric: bool = False):
+        super().__init__(config, device_photometric)
         self.view = self.augment(config.image_size, self.aug.get("crop_scale", (0.2, 1.0)))
 
     def __call__(self, img, rng):
-        return {"pixel_values": [self.view(img, rng), self.view(img, rng)]}
+        return self.mark({"pixel_values": [self.view(img, rng), self.view(img, rng)]})
 
 
 @register_view_policy("multi_crop")
 class MultiCropPolicy(ViewPolicy):
     """`num_global` crops at `config.image_size` and `num_local` small crops (SwAV / DINO multi-crop)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    supports_device_photometric = True
+
+    def __init__(self, config, device_photometric: bool = False):
+        super().__init__(config, device_photometric)
         a = self.aug
         self.num_global = int(a.get("num_global", 2))
         self.num_local = int(a.get("num_local", 0))
@@ -406,7 +430,7 @@ class MultiCropPolicy(ViewPolicy):
     def __call__(self, img, rng):
         views = [self.global_view(img, rng) for _ in range(self.num_global)]
         views += [self.local_view(img, rng) for _ in range(self.num_local)]
-        return {"pixel_values": views}
+        return self.mark({"pixel_values": views})
 
 
 @register_view_policy("masked")
@@ -457,12 +481,23 @@ class EvalPolicy(ViewPolicy):
         return {"pixel_values": to_normalized_tensor(img, self._mean, self._std)}
 
 
-def build_view_generator(config, policy: Optional[str] = None):
-    """The training view policy named by `config.augmentation["policy"]` (or `policy`)."""
+def build_view_generator(config, policy: Optional[str] = None, device_photometric: bool = False):
+    """The training view policy named by `config.augmentation["policy"]` (or `policy`).
+
+    `device_photometric=True` leaves colour jitter / grayscale / blur / solarize to the training device
+    (`SSLTrainer` applies `device_augment.DevicePhotometricAugment` to flagged batches); policies that do not
+    support it (masked, paired, method-specific views) keep the full CPU pipeline, with a warning."""
     name = policy or config.augmentation.get("policy", "two_view")
     if name not in VIEW_POLICIES:
         raise ValueError(f"Unknown view policy {name!r}; registered: {sorted(VIEW_POLICIES)}")
-    return VIEW_POLICIES[name](config)
+    cls = VIEW_POLICIES[name]
+    if device_photometric:
+        # declared on the class itself: a subclass that post-processes its parent's views opts in explicitly
+        if cls.__dict__.get("supports_device_photometric", False):
+            return cls(config, device_photometric=True)
+        logger.warning("View policy %r does not support device photometric augmentation; it stays on the CPU.",
+                       name)
+    return cls(config)
 
 
 # ----------------------------------------------------------------------------------------------------

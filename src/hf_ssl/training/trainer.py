@@ -3,8 +3,10 @@
 On top of the stock Trainer it: calls `model.on_step_end` after each optimizer step; averages the model's
 `SSLOutput.metrics` between logging steps (without a host sync per step); logs the running count of
 skipped (undecodable) images; evaluates representations with k-NN / linear probe on labeled streams;
-supports LARS and a weight-decay schedule; and writes checkpoints atomically (into a staging folder that is
-renamed into place once complete, so a crash never leaves a half-written `checkpoint-N`).
+supports LARS and a weight-decay schedule; applies batched photometric augmentation on the training device
+to batches whose view policy deferred it (`training/device_augment.py`); and writes checkpoints atomically
+(into a staging folder that is renamed into place once complete, so a crash never leaves a half-written
+`checkpoint-N`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import LossCurveCallback, StepHookCallback, WeightDecayScheduleCallback
 from .data import SSLDataCollator
+from .device_augment import FLAG as DEVICE_FLAG
+from .device_augment import DevicePhotometricAugment
 from .evaluation import evaluate_representations
 from .optim import LARS, param_groups_weight_decay
 
@@ -46,6 +50,7 @@ class SSLTrainer(Trainer):
         self._metric_count = 0
         self._skipped = torch.zeros((), dtype=torch.long)
         self._staging = False
+        self._device_augment = None  # built on the first batch that asks for device photometric augmentation
         if getattr(self.args, "channels_last", False):
             self.model.to(memory_format=torch.channels_last)
 
@@ -75,12 +80,27 @@ class SSLTrainer(Trainer):
         numel = sum(v.numel() for v in views if torch.is_tensor(v))
         return 6 * numel * self.model.num_parameters(exclude_embeddings=True)
 
+    def _device_photometric(self, inputs):
+        """Batches from a view policy built with `device_photometric=True` carry `photometric_on_device` (one flag
+        per image): apply the config's colour jitter / grayscale / blur / solarize to every view here, batched
+        on the training device (`training/device_augment.py`)."""
+        flags = inputs.pop(DEVICE_FLAG, None)
+        if flags is None:
+            return inputs
+        if self._device_augment is None:
+            config = self.accelerator.unwrap_model(self.model).config
+            self._device_augment = DevicePhotometricAugment.from_config(config)
+        inputs = dict(inputs)
+        inputs["pixel_values"] = self._device_augment(inputs["pixel_values"], mask=flags.bool())
+        return inputs
+
     def _count_skipped(self, skipped):
         if skipped is not None:
             self._skipped = self._skipped.to(skipped.device) + skipped.detach()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._count_skipped(inputs.pop("num_skipped", None))
+        inputs = self._device_photometric(inputs)
         if getattr(self.args, "channels_last", False):
             inputs = {k: _to_channels_last(v) for k, v in inputs.items()}
         outputs = model(**inputs, return_dict=True)
