@@ -51,6 +51,19 @@ TINY_CONFIGS = {
     "sit": dict(backbone_config=TINY_VIT, image_size=32, projection_hidden_dim=32, projection_dim=16, drop_align=4),
     "mixedae": dict(backbone_config=TINY_VIT, image_size=32, decoder_hidden_size=32, decoder_depth=1,
                     decoder_num_heads=2),
+    "denseclip": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                      text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16,
+                                       intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                      num_context_tokens=4, context_decoder_width=16, context_decoder_heads=2,
+                      context_decoder_layers=1, fpn_channels=16),
+    "composed_retrieval": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                               text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16,
+                                                intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=2),
+                               num_prompt_tokens=4, caption_length=24, prompt_generator_layers=1,
+                               prompt_generator_heads=2, freeze_image_encoder=False),
 }
 
 

@@ -35,6 +35,8 @@ METHODS: Dict[str, str] = {
     "semaim": "hf_ssl.modeling.semaim",
     "pixpro": "hf_ssl.modeling.pixpro",
     "sie": "hf_ssl.modeling.sie",
+    "denseclip": "hf_ssl.modeling.denseclip",
+    "composed_retrieval": "hf_ssl.modeling.composed_retrieval",
 }
 
 

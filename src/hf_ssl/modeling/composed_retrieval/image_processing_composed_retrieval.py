@@ -1,0 +1,7 @@
+"""Composed retrieval inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class ComposedRetrievalImageProcessor(SSLImageProcessor):
+    pass

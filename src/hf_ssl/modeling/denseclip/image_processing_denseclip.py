@@ -1,0 +1,7 @@
+"""DenseCLIP inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class DenseCLIPImageProcessor(SSLImageProcessor):
+    pass
