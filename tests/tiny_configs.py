@@ -64,6 +64,16 @@ TINY_CONFIGS = {
                                                 pad_token_id=2),
                                num_prompt_tokens=4, caption_length=24, prompt_generator_layers=1,
                                prompt_generator_heads=2, freeze_image_encoder=False),
+    "align": dict(backbone_config=dict(model_type="efficientnet", width_coefficient=0.1, depth_coefficient=0.1,
+                                       image_size=32, hidden_dim=128), image_size=32, tokenizer_vocab_size=600,
+                  text_config=dict(model_type="bert", vocab_size=600, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                   pad_token_id=2)),
+    "dreamlip": dict(backbone_config=TINY_VIT, image_size=32, projection_dim=16, num_subcaptions=2,
+                     text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16,
+                                      intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                     tokenizer_vocab_size=600),
 }
 
 

@@ -227,3 +227,25 @@ def normalized_pixel_targets(patches: torch.Tensor, eps: float = 1e-6) -> torch.
 __all__ = ["is_distributed", "world_size", "rank", "all_gather", "all_reduce", "sinkhorn_knopp",
            "soft_cross_entropy", "info_nce", "nt_xent", "normalized_pixel_targets", "broadcast",
            "nt_xent_label_masked", "kmeans"]
+
+
+def symmetric_contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, label_smoothing: float = 0.0,
+                               gather: bool = True):
+    """Symmetric InfoNCE between paired rows of `a` and `b` `[B, D]` (expected L2-normalised; row i of each is a
+    positive pair), `(CE(s a B^T, y) + CE(s b A^T, y)) / 2`, with optional label smoothing of both cross entropies
+    (ALIGN uses 0.1). Under DDP each process scores its rows against the rows of all processes
+    (`all_gather(with_grad=True)`), targets offset by `rank * B`, so N processes give the single-process loss and
+    gradients on the concatenated batch (label smoothing spreads over the global batch, as on one process).
+    Returns `(loss, logits_a_to_b [B, N*B])`."""
+    all_b = all_gather(b, with_grad=True) if gather else b
+    all_a = all_gather(a, with_grad=True) if gather else a
+    logits_ab = logit_scale * a @ all_b.t()
+    logits_ba = logit_scale * b @ all_a.t()
+    n = a.shape[0]
+    targets = torch.arange(n, device=a.device) + (rank() * n if gather else 0)
+    loss = (F.cross_entropy(logits_ab.float(), targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_ba.float(), targets, label_smoothing=label_smoothing)) / 2
+    return loss, logits_ab
+
+
+__all__ += ["symmetric_contrastive_loss"]

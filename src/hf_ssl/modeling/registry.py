@@ -37,6 +37,8 @@ METHODS: Dict[str, str] = {
     "sie": "hf_ssl.modeling.sie",
     "denseclip": "hf_ssl.modeling.denseclip",
     "composed_retrieval": "hf_ssl.modeling.composed_retrieval",
+    "align": "hf_ssl.modeling.align",
+    "dreamlip": "hf_ssl.modeling.dreamlip",
 }
 
 

@@ -1,0 +1,7 @@
+"""ALIGN inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class ALIGNImageProcessor(SSLImageProcessor):
+    pass

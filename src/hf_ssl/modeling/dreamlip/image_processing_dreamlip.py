@@ -1,0 +1,7 @@
+"""DreamLIP inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class DreamLIPImageProcessor(SSLImageProcessor):
+    pass
