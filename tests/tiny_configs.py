@@ -74,6 +74,22 @@ TINY_CONFIGS = {
                                       intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                       max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=2),
                      tokenizer_vocab_size=600),
+    "record_linkage": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                           text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16,
+                                            intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                                            pad_token_id=2)),
+    "char_sentence": dict(backbone_config=TINY_RESNET, image_size=32, char_embedding_dim=8, rnn_hidden_size=8,
+                          attention_hidden_size=8, text_config=dict(model_type="clip_text_model", vocab_size=259,
+                                                                    max_position_embeddings=48, bos_token_id=0,
+                                                                    eos_token_id=1, pad_token_id=2)),
+    "vse": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, word_dim=8, tokenizer_vocab_size=600,
+                text_config=dict(model_type="clip_text_model", vocab_size=600, max_position_embeddings=16,
+                                 bos_token_id=0, eos_token_id=1, pad_token_id=2)),
+    "modx": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                 text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                  bos_token_id=0, eos_token_id=1, pad_token_id=2)),
 }
 
 

@@ -249,3 +249,40 @@ def symmetric_contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, la
 
 
 __all__ += ["symmetric_contrastive_loss"]
+
+
+def hinge_ranking_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, margin: float = 0.2,
+                       max_violation: bool = True, reduction: str = "sum", gather: bool = True):
+    """Bidirectional hinge (triplet) ranking loss of paired, L2-normalised `image_embeds` / `text_embeds` `[B, D]`
+    (row i of each is a matching pair), as in VSE++ (Faghri et al., BMVC 2018) and the visually grounded
+    sentence encoders built on it.
+
+    For image i, every non-matching caption j costs `[margin + s(i, j) - s(i, i)]_+` (caption retrieval); for
+    caption i every non-matching image j costs `[margin + s(j, i) - s(i, i)]_+` (image retrieval).
+    `max_violation=True` keeps only the hardest negative of each query (VSE++ "MH"), otherwise all hinges are
+    summed ("SH", the VSE0 loss of Kiros et al.). Negatives come from the whole DDP-gathered batch (with gradient):
+    each process scores its queries against the gathered other modality. `reduction="sum"` (VSE++ official code:
+    sum over the batch) is scaled by the world size so that DDP's gradient averaging reproduces the single-process
+    sum over the global batch; `"mean"` divides by the local batch (= global mean after averaging).
+    Returns `(loss, scores_i2t [B, N*B])`."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    b = image_embeds.shape[0]
+    all_text = all_gather(text_embeds, with_grad=True) if gather else text_embeds
+    all_image = all_gather(image_embeds, with_grad=True) if gather else image_embeds
+    offset = rank() * b if gather else 0
+    positive = (image_embeds * text_embeds).sum(dim=1, keepdim=True)  # s(i, i)
+    scores_i2t = image_embeds @ all_text.t()  # [b, N]
+    scores_t2i = text_embeds @ all_image.t()
+    self_mask = F.one_hot(torch.arange(b, device=image_embeds.device) + offset, all_text.shape[0]).bool()
+    cost_caption = (margin + scores_i2t - positive).clamp(min=0).masked_fill(self_mask, 0.0)
+    cost_image = (margin + scores_t2i - positive).clamp(min=0).masked_fill(self_mask, 0.0)
+    if max_violation:
+        cost_caption = cost_caption.max(dim=1).values
+        cost_image = cost_image.max(dim=1).values
+    total = cost_caption.sum() + cost_image.sum()
+    loss = total * (world_size() if gather else 1) if reduction == "sum" else total / b
+    return loss, scores_i2t
+
+
+__all__ += ["hinge_ranking_loss"]

@@ -39,6 +39,10 @@ METHODS: Dict[str, str] = {
     "composed_retrieval": "hf_ssl.modeling.composed_retrieval",
     "align": "hf_ssl.modeling.align",
     "dreamlip": "hf_ssl.modeling.dreamlip",
+    "modx": "hf_ssl.modeling.modx",
+    "record_linkage": "hf_ssl.modeling.record_linkage",
+    "vse": "hf_ssl.modeling.vse",
+    "char_sentence": "hf_ssl.modeling.char_sentence",
 }
 
 

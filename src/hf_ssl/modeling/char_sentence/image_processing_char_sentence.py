@@ -1,0 +1,7 @@
+"""Inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class CharSentenceImageProcessor(SSLImageProcessor):
+    pass

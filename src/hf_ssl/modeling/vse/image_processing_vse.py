@@ -1,0 +1,7 @@
+"""VSE++ inference preprocessing: the shared resize-shorter-side + center-crop + normalize processor."""
+
+from ..base import SSLImageProcessor
+
+
+class VSEPPImageProcessor(SSLImageProcessor):
+    pass
