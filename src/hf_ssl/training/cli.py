@@ -190,9 +190,12 @@ def save_run(trainer, save_directory: str, dataset: str, metrics: Dict[str, floa
 def _deviations(spec) -> str:
     import importlib
 
+    import re
+
     doc = importlib.import_module(spec.model_class.__module__.rsplit(".", 1)[0]).__doc__ or ""
-    marker = "Deviations"
-    return doc[doc.index(marker):].strip() if marker in doc else ""
+    # the method folder's docstring section on deviations ("DEVIATIONS:", "Deviations from the paper", ...)
+    match = re.search(r"^\s*(deviations\b.*)$", doc, flags=re.IGNORECASE | re.MULTILINE | re.DOTALL)
+    return match.group(1).strip() if match else ""
 
 
 def push_folder(folder: str, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None) -> str:

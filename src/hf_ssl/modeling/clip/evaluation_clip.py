@@ -25,7 +25,7 @@ def zero_shot_evaluate(model, source: str = "builtin:digits", split: str = "test
     model.eval()
     class_names = list(class_names or cfg.class_names)
     templates = list(templates or cfg.caption_templates)
-    device = model.logit_scale.device
+    device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(labeled_eval_dataset(source, split, cfg, max_samples=max_samples),
                                          batch_size=batch_size, collate_fn=SSLDataCollator())
     feats, labels = [], []

@@ -99,7 +99,7 @@ class CLIPForSelfSupervisedPretraining(SSLPreTrainedModel):
         (the paper's prompt ensembling), renormalised."""
         class_names = list(class_names or self.config.class_names)
         templates = list(templates or self.config.caption_templates)
-        device = self.logit_scale.device
+        device = next(self.parameters()).device
         weights = []
         for name in class_names:
             enc = tokenizer([t.format(name) for t in templates], padding="max_length", truncation=True,
