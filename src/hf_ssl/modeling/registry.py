@@ -43,6 +43,8 @@ METHODS: Dict[str, str] = {
     "record_linkage": "hf_ssl.modeling.record_linkage",
     "vse": "hf_ssl.modeling.vse",
     "char_sentence": "hf_ssl.modeling.char_sentence",
+    "lvm_med": "hf_ssl.modeling.lvm_med",
+    "heuristic_mtl": "hf_ssl.modeling.heuristic_mtl",
 }
 
 
