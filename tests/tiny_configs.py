@@ -94,6 +94,17 @@ TINY_CONFIGS = {
                     local_dim=8, num_neighbors=2),
     "heuristic_mtl": dict(backbone_config=TINY_VIT, image_size=32, mask_patch_size=8, num_classes=10,
                           projection_hidden_dim=32, projection_dim=16),
+    "tips": dict(backbone_config=TINY_VIT, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                 text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                  bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                 head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, mask_min_block_patches=2,
+                 augmentation={"num_local": 1, "local_size": 16}),
+    "villa": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                  text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                                   bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                  roi_output_size=4, freeze_text_encoder=False),
 }
 
 

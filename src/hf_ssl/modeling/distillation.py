@@ -115,4 +115,55 @@ def cancel_last_layer_gradients_(head: DINOHead) -> None:
         p.grad = None
 
 
-__all__ = ["NormalizedLinear", "DINOHead", "SelfDistillationLoss", "cancel_last_layer_gradients_"]
+def matched_region_distillation(student_logits: torch.Tensor, student_features: torch.Tensor,
+                                teacher_probs: torch.Tensor, teacher_features: torch.Tensor,
+                                student_temperature: float) -> torch.Tensor:
+    """Region-level (patch-token) self-distillation with feature matching (EsViT's region loss, Li et al., ICLR 2022;
+    also CMD's intra-level region term).
+
+    `student_logits [B, Ns, K]` / `student_features [B, Ns, D]`: one view's patch-head outputs and backbone patch
+    features; `teacher_probs [B, Nt, K]` (already centred and sharpened, e.g. `SelfDistillationLoss.
+    teacher_probabilities`) and `teacher_features [B, Nt, D]` of another view. Every student patch is paired with
+    the teacher patch whose backbone feature has the highest cosine similarity (no gradient through the matching),
+    and the loss is the cross entropy `-sum_k q_k log softmax(s / tau_s)_k` averaged over student patches and images.
+    """
+    if student_logits.dim() != 3 or teacher_probs.dim() != 3:
+        raise ValueError("region logits/probabilities must be [batch, patches, prototypes]")
+    if student_logits.shape[0] != teacher_probs.shape[0] or student_logits.shape[-1] != teacher_probs.shape[-1]:
+        raise ValueError(f"student {list(student_logits.shape)} and teacher {list(teacher_probs.shape)} region outputs "
+                         "need the same batch size and number of prototypes")
+    with torch.no_grad():
+        sim = F.normalize(student_features.detach().float(), dim=-1) @ \
+            F.normalize(teacher_features.detach().float(), dim=-1).transpose(1, 2)  # [B, Ns, Nt]
+        match = sim.argmax(dim=-1)  # [B, Ns]
+        targets = torch.gather(teacher_probs.float(), 1,
+                               match.unsqueeze(-1).expand(-1, -1, teacher_probs.shape[-1]))
+    log_p = F.log_softmax(student_logits.float() / student_temperature, dim=-1)
+    return torch.sum(-targets * log_p, dim=-1).mean()
+
+
+def masked_patch_distillation(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor,
+                              student_temperature: float) -> torch.Tensor:
+    """iBOT's masked-image-modeling term (Zhou et al., "iBOT: Image BERT Pre-Training with Online Tokenizer",
+    ICLR 2022; official `iBOTLoss`): the student sees a view whose masked patches were replaced by a mask token and
+    predicts, at every masked position, the EMA teacher's (centred, sharpened) patch distribution of the same
+    *unmasked* view.
+
+    `student_logits [B, N, K]`, `teacher_probs [B, N, K]` (e.g. `SelfDistillationLoss.teacher_probabilities` of a
+    patch-level center), `mask [B, N]` bool (True = masked). Per image the cross entropy
+    `-sum_k q_k log softmax(s / tau_s)_k` is averaged over its masked patches (an image without masked patches
+    contributes 0), then averaged over the batch, as in the official code. Only masked positions carry loss."""
+    if student_logits.dim() != 3 or teacher_probs.shape != student_logits.shape:
+        raise ValueError(f"student logits {list(student_logits.shape)} and teacher probabilities "
+                         f"{list(teacher_probs.shape)} must both be [batch, patches, prototypes]")
+    if tuple(mask.shape) != tuple(student_logits.shape[:2]):
+        raise ValueError(f"mask must be [batch, patches] = {list(student_logits.shape[:2])}, got {list(mask.shape)}")
+    mask = mask.float()
+    ce = torch.sum(-teacher_probs.detach().float() * F.log_softmax(student_logits.float() / student_temperature,
+                                                                  dim=-1), dim=-1)  # [B, N]
+    per_image = (ce * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_image.mean()
+
+
+__all__ = ["NormalizedLinear", "DINOHead", "SelfDistillationLoss", "cancel_last_layer_gradients_",
+           "matched_region_distillation", "masked_patch_distillation"]

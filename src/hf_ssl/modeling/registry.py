@@ -45,6 +45,8 @@ METHODS: Dict[str, str] = {
     "char_sentence": "hf_ssl.modeling.char_sentence",
     "lvm_med": "hf_ssl.modeling.lvm_med",
     "heuristic_mtl": "hf_ssl.modeling.heuristic_mtl",
+    "tips": "hf_ssl.modeling.tips",
+    "villa": "hf_ssl.modeling.villa",
 }
 
 
