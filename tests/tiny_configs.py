@@ -8,6 +8,11 @@ TINY_RESNET = dict(model_type="resnet", layer_type="basic", depths=[1, 1], hidde
 TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                 patch_size=8)
 
+# a 1-layer stock VideoMAEModel over 8-frame 32 px clips (2 x 8 x 8 tubelets -> 4 x 4 x 4 tokens); num_frames is
+# filled in from each video config
+TINY_VIDEO = dict(model_type="videomae", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, patch_size=8, tubelet_size=2, use_mean_pooling=False)
+
 TINY_CONFIGS = {
     "pixpro": dict(backbone_config=TINY_RESNET, image_size=32, projection_hidden_dim=32, projection_dim=16),
     "sie": dict(backbone_config=TINY_RESNET, image_size=32, equivariant_dim=8, projection_dims=[32, 32]),
@@ -105,6 +110,14 @@ TINY_CONFIGS = {
                                    num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
                                    bos_token_id=0, eos_token_id=1, pad_token_id=2),
                   roi_output_size=4, freeze_text_encoder=False),
+    "videomae": dict(backbone_config=TINY_VIDEO, image_size=32, num_frames=8, sampling_rate=2, mask_ratio=0.75,
+                     decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2),
+    "crossvideomae": dict(backbone_config=TINY_VIDEO, image_backbone_config=TINY_VIT, image_size=32, num_frames=8,
+                          sampling_rate=2, video_mask_ratio=0.75, decoder_hidden_size=32, decoder_depth=1,
+                          decoder_num_heads=2, image_decoder_hidden_size=32, image_decoder_depth=1,
+                          image_decoder_num_heads=2, projection_hidden_dim=32, projection_dim=16),
+    "rspnet": dict(backbone_config=TINY_VIDEO, image_size=32, num_frames=8, sampling_rate=1, speeds=[2],
+                   projection_dim=16, queue_size=64),
 }
 
 

@@ -17,6 +17,12 @@ from transformers import CONFIG_MAPPING, AutoModel, PretrainedConfig
 VIT_FAMILY = ("vit", "deit", "dinov2", "vit_mae", "vit_msn")
 CONVNET_FAMILY = ("resnet", "regnet", "convnext", "convnextv2", "bit", "efficientnet", "mobilenet_v2")
 SWIN_FAMILY = ("swin", "swinv2")
+# 3-D token models: VideoMAE-style ViTs with a (tubelet x patch x patch) Conv3d embedding. Their input is
+# `[B, T, C, H, W]`; a volume `[B, C, D, H, W]` is fed as a "clip" along depth (see `volume_to_video`).
+VIDEO_FAMILY = ("videomae",)
+# token-sequence transformers driven through `inputs_embeds` (point-cloud methods: the method tokenizes its input, e.g.
+# FPS + kNN point patches, and feeds the stock encoder stack; index position tables are zeroed and frozen there)
+TOKEN_FAMILY = ("distilbert",)
 
 # Named presets so users can write `SwAVConfig(backbone_config="resnet-50")`.  Sizes follow the
 # original architectures; image_size is filled in from the method config.
@@ -52,6 +58,38 @@ BACKBONE_PRESETS = {
     "convnext-tiny": dict(model_type="convnext", depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
     "swinv2-tiny": dict(model_type="swinv2", embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                         window_size=8),
+    # plain ViTs over 3-D patches (stock VideoMAEModel: fixed 1-D sin-cos positions, no CLS token, mean pooling);
+    # `tubelet_size` is the patch extent along depth / time. image_size and num_frames come from the method config.
+    # stock DistilBERT stacks over point-patch tokens (I2P-MAE / Point-MAE widths: 384 x 12 layers x 6 heads)
+    "point-transformer-micro": dict(model_type="distilbert", dim=128, n_layers=4, n_heads=4, hidden_dim=512,
+                                    vocab_size=1, dropout=0.0, attention_dropout=0.0, activation="gelu"),
+    "point-transformer-small": dict(model_type="distilbert", dim=384, n_layers=12, n_heads=6, hidden_dim=1536,
+                                    vocab_size=1, dropout=0.0, attention_dropout=0.0, activation="gelu"),
+    "vit3d-micro": dict(model_type="videomae", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=512, patch_size=4, tubelet_size=4, use_mean_pooling=True),
+    "vit3d-small": dict(model_type="videomae", hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                        intermediate_size=1536, patch_size=16, tubelet_size=16, use_mean_pooling=True),
+    "vit3d-base": dict(model_type="videomae", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, patch_size=16, tubelet_size=16, use_mean_pooling=True),
+    # video encoders (stock VideoMAEModel, Tong et al. 2022): 2 x p x p tubelets, fixed 1-D sin-cos positions, no CLS;
+    # `use_mean_pooling=False` keeps the final LayerNorm of the official pretraining encoder. num_frames comes from the
+    # method config (`video_backbone_spec`), image_size from `SSLConfig`.
+    "videomae-micro": dict(model_type="videomae", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                           intermediate_size=512, patch_size=4, tubelet_size=2, use_mean_pooling=False,
+                           layer_norm_eps=1e-6),
+    "videomae-small": dict(model_type="videomae", hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                           intermediate_size=1536, patch_size=16, tubelet_size=2, use_mean_pooling=False,
+                           layer_norm_eps=1e-6),
+    "videomae-base": dict(model_type="videomae", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072, patch_size=16, tubelet_size=2, use_mean_pooling=False,
+                          layer_norm_eps=1e-6),
+    "videomae-large": dict(model_type="videomae", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                           intermediate_size=4096, patch_size=16, tubelet_size=2, use_mean_pooling=False,
+                           layer_norm_eps=1e-6),
+    # ViT-H/14 with 2-frame tubelets (Orhan et al. 2024 via mae_st `mae_vit_huge_patch14`, --t_patch_size 2)
+    "videomae-huge-14": dict(model_type="videomae", hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                             intermediate_size=5120, patch_size=14, tubelet_size=2, use_mean_pooling=False,
+                             layer_norm_eps=1e-6),
 }
 
 
@@ -80,7 +118,7 @@ def resolve_backbone_config(
         if model_type is None or model_type not in CONFIG_MAPPING:
             raise ValueError(f"backbone_config needs a known transformers `model_type`, got {model_type!r}.")
         family = backbone_family(model_type)
-        if family in ("vit", "swin") and image_size is not None:
+        if family in ("vit", "swin", "video") and image_size is not None:
             spec.setdefault("image_size", image_size)
         if num_channels is not None:
             spec.setdefault("num_channels", num_channels)
@@ -97,9 +135,13 @@ def backbone_family(config_or_type: Union[str, PretrainedConfig]) -> str:
         return "convnet"
     if model_type in SWIN_FAMILY:
         return "swin"
+    if model_type in VIDEO_FAMILY:
+        return "video"
+    if model_type in TOKEN_FAMILY:
+        return "token"
     raise ValueError(
         f"Backbone model_type {model_type!r} is not supported; supported: "
-        f"{sorted(VIT_FAMILY + CONVNET_FAMILY + SWIN_FAMILY)}."
+        f"{sorted(VIT_FAMILY + CONVNET_FAMILY + SWIN_FAMILY + VIDEO_FAMILY + TOKEN_FAMILY)}."
     )
 
 
@@ -112,7 +154,7 @@ def build_backbone(config: PretrainedConfig) -> nn.Module:
 def feature_dim(config: PretrainedConfig) -> int:
     """Width of the pooled feature of a backbone built from `config`."""
     family = backbone_family(config)
-    if family == "vit":
+    if family in ("vit", "video", "token"):
         return config.hidden_size
     if family == "swin":
         return int(config.embed_dim * 2 ** (len(config.depths) - 1))
@@ -142,6 +184,10 @@ def encode(
         out = encoder(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
         tokens = out.last_hidden_state
         pooled = pool_vit_tokens(tokens, pooling)
+        return (pooled, tokens) if return_tokens else pooled
+    if family == "video":  # `[B, T, C, H, W]`; no CLS token: mean over all tokens (VideoMAE's pooling)
+        tokens = encoder(pixel_values=pixel_values).last_hidden_state
+        pooled = tokens.mean(dim=1)
         return (pooled, tokens) if return_tokens else pooled
     out = encoder(pixel_values=pixel_values)
     pooled = out.pooler_output
@@ -321,3 +367,170 @@ __all__ = [
     "vit_embed_patches", "vit_forward_tokens", "vit_forward_visible", "gather_tokens", "check_pixel_values",
     "num_channels_of", "count_parameters", "feature_stride", "encoder_feature_map",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3-D volume helpers (volumes `[B, C, D, H, W]`, MONAI / medical convention) for VideoMAE-style encoders
+# ----------------------------------------------------------------------------------------------------
+def check_volume_values(volumes: torch.Tensor, num_channels: int, name: str = "pixel_values_volumes",
+                        size: Optional[tuple] = None) -> None:
+    """A clear error for a volume batch of the wrong type / rank / channel count / (optionally) size `(D, H, W)`."""
+    if not isinstance(volumes, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(volumes).__name__}")
+    if volumes.dim() != 5:
+        raise ValueError(f"{name} must be [batch, channels, depth, height, width], got shape {tuple(volumes.shape)}")
+    if volumes.shape[1] != num_channels:
+        raise ValueError(f"{name} has {volumes.shape[1]} channels but the encoder expects {num_channels} "
+                         "(set num_channels in the config to match your data).")
+    if size is not None and tuple(volumes.shape[2:]) != tuple(size):
+        raise ValueError(f"{name} must have spatial size (depth, height, width) = {tuple(size)}, got "
+                         f"{tuple(volumes.shape[2:])} (volume encoders have a fixed patch grid; resize / crop first).")
+
+
+def volume_to_video(volumes: torch.Tensor) -> torch.Tensor:
+    """`[B, C, D, H, W]` -> `[B, D, C, H, W]`: a volume as a clip along depth (VideoMAE's input layout)."""
+    return volumes.permute(0, 2, 1, 3, 4)
+
+
+def video_patch_grid(config: PretrainedConfig) -> tuple:
+    """Token grid `(T / tubelet, H / patch, W / patch)` of a VideoMAE-style encoder (row-major token order)."""
+    size = config.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    return config.num_frames // config.tubelet_size, size[0] // config.patch_size, size[1] // config.patch_size
+
+
+def patchify_3d(volumes: torch.Tensor, patch: tuple) -> torch.Tensor:
+    """`[B, C, D, H, W]` -> `[B, N, pd*ph*pw*C]` in (d, h, w) row-major patch order (VideoMAE's token order), each
+    patch flattened as (pd, ph, pw, C)."""
+    b, c, d, h, w = volumes.shape
+    pd, ph, pw = patch
+    if d % pd or h % ph or w % pw:
+        raise ValueError(f"volume size {(d, h, w)} is not divisible by the 3-D patch {tuple(patch)}")
+    x = volumes.reshape(b, c, d // pd, pd, h // ph, ph, w // pw, pw)
+    x = torch.einsum("bcdxhywz->bdhwxyzc", x)
+    return x.reshape(b, (d // pd) * (h // ph) * (w // pw), pd * ph * pw * c)
+
+
+def unpatchify_3d(patches: torch.Tensor, patch: tuple, grid: tuple, num_channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify_3d`."""
+    b = patches.shape[0]
+    gd, gh, gw = grid
+    pd, ph, pw = patch
+    x = patches.reshape(b, gd, gh, gw, pd, ph, pw, num_channels)
+    x = torch.einsum("bdhwxyzc->bcdxhywz", x)
+    return x.reshape(b, num_channels, gd * pd, gh * ph, gw * pw)
+
+
+def sincos_pos_embed_3d(dim: int, grid: tuple) -> torch.Tensor:
+    """Fixed 3-D sine-cosine position embedding `[D*H*W, dim]` (MAE's 2-D table extended to three axes, as in
+    NeRF-MAE's `get_3d_sincos_pos_embed`): the channels are split into three groups (depth, height, width), each
+    a 1-D sin-cos code of its coordinate; a remainder (dim not divisible by 6) is zero-padded."""
+    per_axis = (dim // 6) * 2
+    if per_axis == 0:
+        raise ValueError(f"3-D sin-cos position embedding needs dim >= 6, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(per_axis // 2, dtype=np.float64) / (per_axis / 2.0))
+    coords = np.meshgrid(*[np.arange(g, dtype=np.float64) for g in grid], indexing="ij")
+    parts = []
+    for pos in coords:
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        parts.append(np.concatenate([np.sin(out), np.cos(out)], axis=1))
+    emb = np.concatenate(parts, axis=1)
+    if emb.shape[1] < dim:
+        emb = np.concatenate([emb, np.zeros([emb.shape[0], dim - emb.shape[1]])], axis=1)
+    return torch.from_numpy(emb).float()
+
+
+def video_forward_visible(encoder: nn.Module, video: torch.Tensor, visible_index: torch.Tensor) -> torch.Tensor:
+    """Tokens `[B, K, D]` of a stock VideoMAEModel run on the K visible patches only (`visible_index [B, K]`,
+    ascending): the patch embedding and the model's fixed positions are added to every patch, the masked ones are
+    dropped before the transformer (MAE), then the stock layers and (when the model has one) its final LayerNorm."""
+    emb = encoder.embeddings
+    tokens = emb.patch_embeddings(video.to(emb.patch_embeddings.projection.weight.dtype))
+    tokens = tokens + emb.position_embeddings.detach().to(device=tokens.device, dtype=tokens.dtype)
+    tokens = gather_tokens(tokens, visible_index)
+    for layer in encoder.encoder.layer:
+        out = layer(tokens)
+        tokens = out[0] if isinstance(out, tuple) else out
+    return encoder.layernorm(tokens) if encoder.layernorm is not None else tokens
+
+
+def with_volume_depth(backbone_config, default, depth: int):
+    """A volume method's backbone spec with VideoMAE's `num_frames` set to the volume depth (unless given): preset
+    names / dicts become dicts with `num_frames`; a ready config is returned unchanged (checked later)."""
+    spec = default if backbone_config is None else backbone_config
+    if isinstance(spec, PretrainedConfig):
+        return spec
+    if isinstance(spec, str):
+        if spec not in BACKBONE_PRESETS:
+            raise ValueError(f"Unknown backbone preset {spec!r}; choose one of {sorted(BACKBONE_PRESETS)} "
+                             "or pass a transformers config / dict with a `model_type`.")
+        spec = BACKBONE_PRESETS[spec]
+    spec = dict(spec)
+    if spec.get("model_type") in VIDEO_FAMILY:
+        spec.setdefault("num_frames", int(depth))
+    return spec
+
+
+def check_volume_backbone(config: PretrainedConfig, image_size: int, depth: int) -> None:
+    """Volume encoders must be VideoMAE-style 3-D token models whose grid tiles the `(depth, size, size)` volume."""
+    if backbone_family(config) != "video":
+        raise ValueError(f"volume methods need a 3-D token encoder (model_type in {VIDEO_FAMILY}, e.g. preset "
+                         f"'vit3d-small'), got {config.model_type!r}")
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    if size != image_size or config.num_frames != depth:
+        raise ValueError(f"backbone image_size / num_frames ({size}, {config.num_frames}) must equal the volume "
+                         f"size (image_size={image_size}, volume_depth={depth})")
+    if image_size % config.patch_size or depth % config.tubelet_size:
+        raise ValueError(f"volume {(depth, image_size, image_size)} is not divisible by the 3-D patch "
+                         f"{(config.tubelet_size, config.patch_size, config.patch_size)}")
+
+
+__all__ += ["with_volume_depth", "check_volume_backbone"]
+__all__ += ["VIDEO_FAMILY", "check_volume_values", "volume_to_video", "video_patch_grid", "patchify_3d",
+            "unpatchify_3d", "sincos_pos_embed_3d", "video_forward_visible"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# video-clip helpers (clips `[B, T, C, H, W]`, transformers' video layout) for VIDEO_FAMILY encoders
+# ----------------------------------------------------------------------------------------------------
+def video_backbone_spec(backbone_config, default, num_frames: int):
+    """A video backbone preset name / dict with the method's `num_frames` filled in (a dict or config that already
+    names it, e.g. from a saved checkpoint, is left alone; anything else passes through unchanged). Video method
+    configs call this before `SSLConfig.__init__` so the 3-D patch embedding and position table fit the clip length."""
+    bc = default if backbone_config is None else backbone_config
+    if isinstance(bc, str) and bc in BACKBONE_PRESETS:
+        bc = dict(BACKBONE_PRESETS[bc])
+    if isinstance(bc, dict) and bc.get("model_type") in VIDEO_FAMILY:
+        bc = dict(bc)
+        bc.setdefault("num_frames", int(num_frames))
+    return bc
+
+
+def video_patchify(clips: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
+    """`[B, T, C, H, W]` -> `[B, N, tubelet * p * p * C]` in VideoMAE's token order, each vector ordered (t, h, w, c)
+    like the official `rearrange(x, 'b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)')`."""
+    return patchify_3d(clips.permute(0, 2, 1, 3, 4), (tubelet_size, patch_size, patch_size))
+
+
+def check_video_values(pixel_values_videos: torch.Tensor, num_channels: int, num_frames: Optional[int] = None,
+                       image_size=None, name: str = "pixel_values_videos") -> None:
+    """A clear error for a clip batch that is not `[batch, frames, channels, height, width]` with the encoder's channel
+    count (and, where given, frame count and resolution: VideoMAE's position table is fixed)."""
+    if not isinstance(pixel_values_videos, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(pixel_values_videos).__name__}")
+    if pixel_values_videos.dim() != 5:
+        raise ValueError(f"{name} must be [batch, frames, channels, height, width], got shape "
+                         f"{tuple(pixel_values_videos.shape)}")
+    _, t, c, h, w = pixel_values_videos.shape
+    if c != num_channels:
+        raise ValueError(f"{name} has {c} channels (axis 2) but the encoder expects {num_channels} "
+                         "(set num_channels to match your data)")
+    if num_frames is not None and t != num_frames:
+        raise ValueError(f"{name} has {t} frames but the encoder was built for num_frames={num_frames}")
+    if image_size is not None:
+        size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+        if (h, w) != size:
+            raise ValueError(f"{name} frames are {h}x{w} but the encoder expects {size[0]}x{size[1]}")
+
+
+__all__ += ["video_backbone_spec", "video_patchify", "check_video_values"]

@@ -176,5 +176,23 @@ def mask_to_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return order[:, : n - m], order[:, n - m :]
 
 
+def tube_mask(grid: Tuple[int, int, int], mask_ratio: float, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """VideoMAE tube mask over a `(T, H, W)` token grid (T = frames / tubelet): exactly `round(H * W * ratio)` spatial
+    positions are masked and the same positions are masked at every time step. Flat `[T * H * W]` bool mask in
+    (t, h, w) row-major order (the token order of VideoMAE's 3-D patch embedding), True = masked."""
+    t, h, w = grid
+    frame = random_mask(h * w, mask_ratio, rng=rng)
+    return np.tile(frame, t)
+
+
+def tube_mask_torch(batch_size: int, grid: Tuple[int, int, int], mask_ratio: float, device=None,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Batch `[B, T * H * W]` of :func:`tube_mask` masks drawn on `device`."""
+    t, h, w = grid
+    frame = random_mask_torch(batch_size, h * w, mask_ratio, device=device, generator=generator)
+    return frame.repeat(1, t)
+
+
 __all__ = ["num_masked", "random_mask", "block_mask", "frequency_mask", "random_mask_torch",
-           "block_mask_torch", "mask_to_index", "upsampled_random_mask", "upsampled_random_mask_torch"]
+           "block_mask_torch", "mask_to_index", "upsampled_random_mask", "upsampled_random_mask_torch",
+           "tube_mask", "tube_mask_torch"]

@@ -47,6 +47,9 @@ METHODS: Dict[str, str] = {
     "heuristic_mtl": "hf_ssl.modeling.heuristic_mtl",
     "tips": "hf_ssl.modeling.tips",
     "villa": "hf_ssl.modeling.villa",
+    "videomae": "hf_ssl.modeling.videomae",
+    "crossvideomae": "hf_ssl.modeling.crossvideomae",
+    "rspnet": "hf_ssl.modeling.rspnet",
 }
 
 

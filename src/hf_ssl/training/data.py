@@ -38,12 +38,44 @@ def builtin_cache_dir() -> str:
     return os.environ.get("HF_SSL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_ssl"))
 
 
+# built-in datasets provided by method folders (`@register_builtin_dataset("digits_gist")` on `fn(root) -> path`),
+# e.g. the digits with a generated text column; `materialize_builtin` looks here first
+BUILTIN_MATERIALIZERS: Dict[str, Callable[[str], str]] = {}
+
+
+def register_builtin_dataset(name: str):
+    """Decorator registering `fn(root) -> folder` as the built-in dataset `builtin:<name>`; the folder must be
+    loadable by `load_image_stream` (an image folder with `train`/`test` splits, optionally `metadata.jsonl`)."""
+
+    def wrap(fn):
+        BUILTIN_MATERIALIZERS[name] = fn
+        return fn
+
+    return wrap
+
+
 def materialize_builtin(name: str, root: Optional[str] = None) -> str:
     """Write a built-in real-image dataset as an image folder (`<root>/<name>/{train,test}/<label>/*.png`)
     and return its path. `digits`: scikit-learn's 1,797 real 8x8 handwritten digits (UCI), 10 classes,
     upsampled to 32x32 RGB; a fixed stratified split of 1,497 train / 300 test images."""
+    from .volumes import BUILTIN_VOLUME_DATASETS, materialize_volume_builtin
+
+    if name in BUILTIN_MATERIALIZERS:  # registered by a method folder
+        return BUILTIN_MATERIALIZERS[name](root or builtin_cache_dir())
+
+    if name in BUILTIN_VOLUME_DATASETS:  # synthetic labelled 3-D volumes, multi-page TIFF (training/volumes.py)
+        return materialize_volume_builtin(name, root or builtin_cache_dir())
+    if name == "digits3d":  # real digits lifted to labelled 3-D point clouds, one 16-bit PNG each (training/points.py)
+        from .points import materialize_digits3d
+
+        return materialize_digits3d(root or builtin_cache_dir())
+    if name == "moving_digits":  # real digits moving on a canvas, one animated GIF per clip (training/video.py)
+        from .video import materialize_moving_digits
+
+        return materialize_moving_digits(os.path.join(root or builtin_cache_dir(), name))
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f"Unknown built-in dataset {name!r}; available: {BUILTIN_DATASETS}")
+        raise ValueError(f"Unknown built-in dataset {name!r}; available: "
+                         f"{tuple(BUILTIN_DATASETS) + tuple(BUILTIN_VOLUME_DATASETS) + ('digits3d', 'moving_digits')}")
     root = root or builtin_cache_dir()
     out = os.path.join(root, name)
     done = os.path.join(out, ".complete")
@@ -135,6 +167,11 @@ def load_image_stream(
     image_key = find_image_column(ds)
     if isinstance(ds.features.get(image_key) if ds.features else None, ImageFeature):
         ds = ds.cast_column(image_key, ImageFeature(decode=False))
+    elif _is_frame_list_feature(ds.features.get(image_key) if ds.features else None):
+        # a column of clips stored as lists of frames: left undecoded too, so corrupt frames are counted skips
+        from datasets import List as ListFeature
+
+        ds = ds.cast_column(image_key, ListFeature(ImageFeature(decode=False)))
     if streaming and shuffle_buffer and shuffle_buffer > 1 and split == "train":
         ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
     rank, world = _dist_info()
@@ -156,12 +193,23 @@ def find_image_column(ds) -> str:
     for key, feat in features.items():
         if isinstance(feat, ImageFeature):
             return key
+    for key, feat in features.items():  # clips stored as a list of frames (`List(Image())` / `Sequence(Image())`)
+        if _is_frame_list_feature(feat):
+            return key
     for key in IMAGE_KEYS:
         if key in features:
             return key
     if not features:  # unknown until iterated (some webdataset streams)
         return "image"
     raise ValueError(f"No image column found in {list(features)}; expected one of {IMAGE_KEYS}")
+
+
+def _is_frame_list_feature(feat) -> bool:
+    """True for a `datasets` list-of-images feature (`List(Image())`, `Sequence(Image())`): a clip column."""
+    from datasets import Image as ImageFeature
+
+    return feat is not None and not isinstance(feat, ImageFeature) and isinstance(getattr(feat, "feature", None),
+                                                                                 ImageFeature)
 
 
 PAIR_IMAGE_KEYS = ("image2", "image_2", "second_image", "right", "img2", "view2")
@@ -229,6 +277,33 @@ def decode_image(value: Any, mode: Optional[str] = "RGB") -> Image.Image:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
         raise UndecodableImage(f"{type(err).__name__}: {err}") from err
+
+
+def decode_frames(value: Any, mode: Optional[str] = "RGB") -> List[Image.Image]:
+    """All frames / pages of one multi-frame file (animated GIF / APNG, multi-page TIFF: clips, volumes) as a list
+    of PIL images, in file order (`PIL.ImageSequence`); a single-frame image gives a one-element list. A list /
+    tuple of images (a dataset column of slices) decodes each element. `mode=None` keeps each page's own mode
+    (e.g. 16-bit `I;16` TIFF slices). Raises `UndecodableImage` for anything unreadable, empty or truncated."""
+    from PIL import ImageSequence
+
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise UndecodableImage("empty frame list")
+        return [decode_image(v, mode) for v in value]
+    img = decode_image(value, None)
+    try:
+        frames = []
+        for frame in ImageSequence.Iterator(img):
+            frame.load()
+            frame = frame.copy()
+            frames.append(frame.convert(mode) if mode and frame.mode != mode else frame)
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise UndecodableImage(f"{type(err).__name__} while reading frames: {err}") from err
+    if not frames:
+        raise UndecodableImage("no frames")
+    if any(f.size != frames[0].size for f in frames):
+        raise UndecodableImage("frames of different sizes")
+    return frames
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,7 +583,11 @@ class SSLViewDataset(torch.utils.data.IterableDataset):
 
     Each yielded example carries `num_skipped`: how many undecodable images were skipped since the previous
     yielded example of this worker, so the collated batch reports exactly how many were lost. With
-    `with_labels=True` the dataset's label column is passed through as `labels`."""
+    `with_labels=True` the dataset's label column is passed through as `labels`.
+
+    A view policy with `wants_frames = True` (clips, volumes) receives the list of ALL frames / pages of each file
+    (:func:`decode_frames`) instead of one image; its optional `frame_mode` attribute overrides the decode mode
+    (`None` keeps each page's own mode, e.g. 16-bit TIFF slices)."""
 
     def __init__(self, dataset, view_generator: Callable, seed: int = 0, with_labels: bool = False,
                  image_key: Optional[str] = None, label_key: Optional[str] = None, image_mode: Optional[str] = "RGB"):
@@ -548,7 +627,12 @@ class SSLViewDataset(torch.utils.data.IterableDataset):
             try:
                 if raw is None:
                     raise UndecodableImage(f"missing image column {self.image_key!r}")
-                img = decode_image(raw, self.image_mode)
+                if getattr(self.view_generator, "wants_frames", False):
+                    # a policy may bring its own decoder (`frame_decoder`, e.g. video.decode_clip: PyAV, arrays)
+                    decoder = getattr(self.view_generator, "frame_decoder", None) or decode_frames
+                    img = decoder(raw, getattr(self.view_generator, "frame_mode", self.image_mode))
+                else:
+                    img = decode_image(raw, self.image_mode)
                 pair = None
                 if self.pair_key is not None:
                     raw2 = example.get(self.pair_key)
@@ -617,7 +701,8 @@ def labeled_eval_dataset(source: str, split: str, config, max_samples: Optional[
 
 __all__ = [
     "DEFAULT_DATASET", "materialize_builtin", "load_image_stream", "find_image_column", "find_label_column",
-    "decode_image", "UndecodableImage", "ImageAugment", "random_resized_crop_box", "color_jitter",
+    "decode_image", "decode_frames", "UndecodableImage", "ImageAugment", "random_resized_crop_box", "color_jitter",
     "VIEW_POLICIES", "register_view_policy", "build_view_generator", "SSLViewDataset", "SSLDataCollator",
+    "register_builtin_dataset",
     "labeled_eval_dataset",
 ]
