@@ -118,6 +118,14 @@ TINY_CONFIGS = {
                           image_decoder_num_heads=2, projection_hidden_dim=32, projection_dim=16),
     "rspnet": dict(backbone_config=TINY_VIDEO, image_size=32, num_frames=8, sampling_rate=1, speeds=[2],
                    projection_dim=16, queue_size=64),
+    "i2p_mae": dict(backbone_config=dict(model_type="distilbert", dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                                         vocab_size=1, dropout=0.0, attention_dropout=0.0),
+                    num_points=64, num_groups=8, group_size=8, tokenizer_hidden_dims=[16, 32, 32],
+                    decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2, image_size=32,
+                    image_encoder_config=dict(TINY_VIT)),
+    "madeleine": dict(backbone_config=TINY_RESNET, train_patch_encoder=True, tile_size=8, image_size=32,
+                      wsi_hidden_dim=16, num_heads=2, token_dim=8, contrastive_temperature=0.1,
+                      got_subsample=None),
 }
 
 

@@ -50,6 +50,8 @@ METHODS: Dict[str, str] = {
     "videomae": "hf_ssl.modeling.videomae",
     "crossvideomae": "hf_ssl.modeling.crossvideomae",
     "rspnet": "hf_ssl.modeling.rspnet",
+    "i2p_mae": "hf_ssl.modeling.i2p_mae",
+    "madeleine": "hf_ssl.modeling.madeleine",
 }
 
 
