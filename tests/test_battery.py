@@ -79,7 +79,10 @@ def test_save_load_equality_safetensors_only(name, tmp_path):
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == \
         [n for n, p in reloaded.named_parameters() if not p.requires_grad]  # frozen stays frozen
     x = _global_view(_batch(model.config), model)
-    assert torch.equal(model.get_input_features(x), reloaded.get_input_features(x))
+    # same weights, same input: equal up to float summation order (weights loaded from safetensors can sit at other
+    # memory alignments, and oneDNN may then pick another kernel, e.g. for EfficientNet's depthwise convolutions)
+    f1, f2 = model.get_input_features(x), reloaded.get_input_features(x)
+    assert torch.allclose(f1, f2, rtol=1e-5, atol=1e-5 * float(f1.abs().max()))
     assert AutoConfig.from_pretrained(tmp_path).to_dict()["augmentation"] == model.config.augmentation
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor) is get_method(name).image_processor_class

@@ -7,6 +7,8 @@ that masked-image-modeling methods need so masked tokens are never processed).
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Union
 
 import numpy as np
@@ -534,3 +536,28 @@ def check_video_values(pixel_values_videos: torch.Tensor, num_channels: int, num
 
 
 __all__ += ["video_backbone_spec", "video_patchify", "check_video_values"]
+
+
+@torch.no_grad()
+def init_efficientnet_from_scratch_(module: nn.Module) -> None:
+    """Re-initialise a stock transformers EfficientNet for training from scratch the way the official TF
+    EfficientNet is: convolutions normal with std sqrt(2 / fan_out), BatchNorm gain 1 / bias 0. transformers'
+    `EfficientNetPreTrainedModel._init_weights` draws conv weights and BatchNorm gains from N(0, 0.02) (meant for
+    loading checkpoints), with which the activations of a random-init EfficientNet vanish layer after layer (pooled
+    features ~1e-30 in eval mode). Applied after `post_init` (which runs the sub-model's own init); weights loaded by
+    `from_pretrained` afterwards are untouched."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            # fan_out as the official TF EfficientNet computes it: k*k*out_channels/groups (for a depthwise conv,
+            # k*k); torch's kaiming_normal_ would count every output channel and shrink depthwise kernels by
+            # sqrt(channels), which makes eval-mode activations vanish block after block
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+
+
+__all__ += ["init_efficientnet_from_scratch_"]

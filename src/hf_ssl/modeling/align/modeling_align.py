@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModel
 
 from .. import losses
-from ..backbones import encode
+from ..backbones import encode, init_efficientnet_from_scratch_
 from ..clip.modeling_clip import CLIPForSelfSupervisedPretraining
 from ..outputs import SSLOutput
 from .configuration_align import ALIGNConfig
@@ -24,24 +24,6 @@ def align_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor
     `cos / temperature` over the (gathered) batch; `logit_scale = 1 / temperature`."""
     return losses.symmetric_contrastive_loss(image_embeds, text_embeds, logit_scale, label_smoothing=label_smoothing,
                                              gather=gather)
-
-
-@torch.no_grad()
-def init_efficientnet_from_scratch_(module: nn.Module) -> None:
-    """Re-initialise a stock transformers EfficientNet for training from scratch the way the TF / torchvision
-    EfficientNets are: convolutions Kaiming-normal (fan_out), BatchNorm gain 1 / bias 0. transformers'
-    `EfficientNetPreTrainedModel._init_weights` draws conv weights and BatchNorm gains from N(0, 0.02) (meant for
-    loading checkpoints), with which the activations of a random-init EfficientNet vanish layer after layer (pooled
-    features ~1e-30 in eval mode). Applied after `post_init` (which runs the sub-model's own init); weights loaded by
-    `from_pretrained` afterwards are untouched."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            m.weight.fill_(1.0)
-            m.bias.zero_()
 
 
 class ALIGNForSelfSupervisedPretraining(CLIPForSelfSupervisedPretraining):
