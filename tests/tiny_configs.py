@@ -126,6 +126,12 @@ TINY_CONFIGS = {
     "madeleine": dict(backbone_config=TINY_RESNET, train_patch_encoder=True, tile_size=8, image_size=32,
                       wsi_hidden_dim=16, num_heads=2, token_dim=8, contrastive_temperature=0.1,
                       got_subsample=None),
+    "gist": dict(backbone_config=TINY_RESNET, image_size=32, projection_dim=16, tokenizer_vocab_size=600,
+                 text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
+                                  bos_token_id=0, eos_token_id=1, pad_token_id=2)),
+    "grasp2vec": dict(backbone_config=TINY_RESNET, image_size=32, scene_size=32,
+                      augmentation={"objects_per_scene": [2, 3], "object_buffer_size": 8}),
 }
 
 

@@ -52,6 +52,8 @@ METHODS: Dict[str, str] = {
     "rspnet": "hf_ssl.modeling.rspnet",
     "i2p_mae": "hf_ssl.modeling.i2p_mae",
     "madeleine": "hf_ssl.modeling.madeleine",
+    "gist": "hf_ssl.modeling.gist",
+    "grasp2vec": "hf_ssl.modeling.grasp2vec",
 }
 
 
