@@ -132,6 +132,9 @@ TINY_CONFIGS = {
                                   bos_token_id=0, eos_token_id=1, pad_token_id=2)),
     "grasp2vec": dict(backbone_config=TINY_RESNET, image_size=32, scene_size=32,
                       augmentation={"objects_per_scene": [2, 3], "object_buffer_size": 8}),
+    "nerf_mae": dict(backbone_config=dict(model_type="videomae", hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, intermediate_size=64, patch_size=8, tubelet_size=8),
+                     image_size=16, num_channels=4, decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2),
 }
 
 

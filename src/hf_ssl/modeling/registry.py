@@ -54,6 +54,7 @@ METHODS: Dict[str, str] = {
     "madeleine": "hf_ssl.modeling.madeleine",
     "gist": "hf_ssl.modeling.gist",
     "grasp2vec": "hf_ssl.modeling.grasp2vec",
+    "nerf_mae": "hf_ssl.modeling.nerf_mae",
 }
 
 
