@@ -158,3 +158,26 @@ def test_unknown_policy_and_bad_channels_raise():
         build_view_generator(cfg)
     with pytest.raises(ValueError, match="num_channels"):
         SSLConfig(backbone_config=dict(TINY_RESNET, num_channels=4), image_size=32, num_channels=3)
+
+
+def test_builtin_registry_and_concurrent_materialisation(tmp_path):
+    """Every built-in is registered in one table; two processes materialising the same one at once build it once
+    and both get a complete folder (the inter-process lock), as pytest-xdist workers or DDP ranks do."""
+    import subprocess
+    import sys
+
+    from hf_ssl.training.data import available_builtin_datasets
+
+    names = available_builtin_datasets()
+    assert {"digits", "moving_digits", "digits3d", "shapes3d", "radiance_shapes3d"} <= set(names)
+    with pytest.raises(ValueError, match="available"):
+        materialize_builtin("no_such_builtin")
+    code = ("import os, sys; from hf_ssl.training.data import materialize_builtin; "
+            "out = materialize_builtin('digits', sys.argv[1]); "
+            "print(sum(len(f) for _, _, f in os.walk(out)))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    counts = [int(p.communicate(timeout=300)[0].strip()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert counts == [1797 + 1, 1797 + 1]  # every image plus the .complete marker, in both processes
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

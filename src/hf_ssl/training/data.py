@@ -12,6 +12,7 @@ All augmentation is PIL/numpy based (no torchvision).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import logging
@@ -54,29 +55,86 @@ def register_builtin_dataset(name: str):
     return wrap
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    """An inter-process lock (POSIX `flock`; a no-op where it is unavailable): concurrent test workers or DDP
+    processes that materialise the same built-in dataset build it once, the others wait and reuse it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def available_builtin_datasets() -> Tuple[str, ...]:
+    _register_core_builtins()
+    return tuple(sorted(BUILTIN_MATERIALIZERS))
+
+
 def materialize_builtin(name: str, root: Optional[str] = None) -> str:
-    """Write a built-in real-image dataset as an image folder (`<root>/<name>/{train,test}/<label>/*.png`)
-    and return its path. `digits`: scikit-learn's 1,797 real 8x8 handwritten digits (UCI), 10 classes,
-    upsampled to 32x32 RGB; a fixed stratified split of 1,497 train / 300 test images."""
-    from .volumes import BUILTIN_VOLUME_DATASETS, materialize_volume_builtin
+    """Write the built-in dataset `builtin:<name>` as a folder `load_image_stream` reads (`<root>/<name>/{train,test}/
+    <label>/<files>`) and return its path; built once per cache root (an inter-process lock serialises concurrent
+    callers), then reused. Built-ins register with `register_builtin_dataset`; see `available_builtin_datasets()`:
+    `digits` (real scikit-learn digits), `moving_digits` (clips, training/video.py), `digits3d` (point clouds,
+    training/points.py), `shapes3d` / `radiance_shapes3d` (synthetic volumes, training/volumes.py), and those of
+    method folders."""
+    _register_core_builtins()
+    if name not in BUILTIN_MATERIALIZERS:
+        raise ValueError(f"Unknown built-in dataset {name!r}; available: {available_builtin_datasets()}")
+    root = root or builtin_cache_dir()
+    os.makedirs(root, exist_ok=True)
+    with _exclusive(os.path.join(root, f".{name}.lock")):
+        return BUILTIN_MATERIALIZERS[name](root)
 
-    if name in BUILTIN_MATERIALIZERS:  # registered by a method folder
-        return BUILTIN_MATERIALIZERS[name](root or builtin_cache_dir())
 
-    if name in BUILTIN_VOLUME_DATASETS:  # synthetic labelled 3-D volumes, multi-page TIFF (training/volumes.py)
-        return materialize_volume_builtin(name, root or builtin_cache_dir())
-    if name == "digits3d":  # real digits lifted to labelled 3-D point clouds, one 16-bit PNG each (training/points.py)
+_CORE_REGISTERED = False
+
+
+def _register_core_builtins() -> None:
+    """The built-ins of the shared data modules (imported lazily: video / volume / point code loads only when used)."""
+    global _CORE_REGISTERED
+    if _CORE_REGISTERED:
+        return
+    _CORE_REGISTERED = True
+    BUILTIN_MATERIALIZERS.setdefault("digits", _materialize_digits)
+
+    def volumes(name):
+        def build(root):
+            from .volumes import materialize_volume_builtin
+
+            return materialize_volume_builtin(name, root)
+
+        return build
+
+    from .volumes import BUILTIN_VOLUME_DATASETS
+
+    for name in BUILTIN_VOLUME_DATASETS:  # synthetic labelled 3-D volumes, multi-page TIFF
+        BUILTIN_MATERIALIZERS.setdefault(name, volumes(name))
+
+    def digits3d(root):  # real digits lifted to labelled 3-D point clouds, one 16-bit PNG each
         from .points import materialize_digits3d
 
-        return materialize_digits3d(root or builtin_cache_dir())
-    if name == "moving_digits":  # real digits moving on a canvas, one animated GIF per clip (training/video.py)
+        return materialize_digits3d(root)
+
+    def moving_digits(root):  # real digits moving on a canvas, one animated GIF per clip
         from .video import materialize_moving_digits
 
-        return materialize_moving_digits(os.path.join(root or builtin_cache_dir(), name))
-    if name not in BUILTIN_DATASETS:
-        raise ValueError(f"Unknown built-in dataset {name!r}; available: "
-                         f"{tuple(BUILTIN_DATASETS) + tuple(BUILTIN_VOLUME_DATASETS) + ('digits3d', 'moving_digits')}")
-    root = root or builtin_cache_dir()
+        return materialize_moving_digits(os.path.join(root, "moving_digits"))
+
+    BUILTIN_MATERIALIZERS.setdefault("digits3d", digits3d)
+    BUILTIN_MATERIALIZERS.setdefault("moving_digits", moving_digits)
+
+
+def _materialize_digits(root: str) -> str:
+    """`digits`: scikit-learn's 1,797 real 8x8 handwritten digits (UCI), 10 classes, upsampled to 32x32 RGB; a fixed
+    stratified split of 1,497 train / 300 test images."""
+    name = "digits"
     out = os.path.join(root, name)
     done = os.path.join(out, ".complete")
     if os.path.exists(done):
@@ -700,9 +758,8 @@ def labeled_eval_dataset(source: str, split: str, config, max_samples: Optional[
 
 
 __all__ = [
-    "DEFAULT_DATASET", "materialize_builtin", "load_image_stream", "find_image_column", "find_label_column",
-    "decode_image", "decode_frames", "UndecodableImage", "ImageAugment", "random_resized_crop_box", "color_jitter",
-    "VIEW_POLICIES", "register_view_policy", "build_view_generator", "SSLViewDataset", "SSLDataCollator",
-    "register_builtin_dataset",
-    "labeled_eval_dataset",
+    "DEFAULT_DATASET", "materialize_builtin", "available_builtin_datasets", "register_builtin_dataset",
+    "load_image_stream", "find_image_column", "find_label_column", "decode_image", "decode_frames",
+    "UndecodableImage", "ImageAugment", "random_resized_crop_box", "color_jitter", "VIEW_POLICIES",
+    "register_view_policy", "build_view_generator", "SSLViewDataset", "SSLDataCollator", "labeled_eval_dataset",
 ]
