@@ -135,6 +135,17 @@ TINY_CONFIGS = {
     "nerf_mae": dict(backbone_config=dict(model_type="videomae", hidden_size=32, num_hidden_layers=1,
                                           num_attention_heads=2, intermediate_size=64, patch_size=8, tubelet_size=8),
                      image_size=16, num_channels=4, decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2),
+    "transitive_invariance": dict(backbone_config=TINY_VIT, image_size=32, num_frames=8, projection_hidden_dim=32,
+                                  projection_dim=16, instances_per_cluster=2, kmeans_iterations=3,
+                                  inter_start_step=0),
+    "gfslt_vlp": dict(backbone_config=TINY_VIDEO, image_size=32, num_frames=8, sampling_rate=2, projection_dim=16,
+                      tokenizer_vocab_size=600,
+                      text_config=dict(model_type="clip_text_model", vocab_size=600, hidden_size=16,
+                                       intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       max_position_embeddings=24,
+                                       bos_token_id=0, eos_token_id=1, pad_token_id=2),
+                      decoder_config=dict(d_model=16, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+                                          max_position_embeddings=32)),
 }
 
 

@@ -55,6 +55,8 @@ METHODS: Dict[str, str] = {
     "gist": "hf_ssl.modeling.gist",
     "grasp2vec": "hf_ssl.modeling.grasp2vec",
     "nerf_mae": "hf_ssl.modeling.nerf_mae",
+    "transitive_invariance": "hf_ssl.modeling.transitive_invariance",
+    "gfslt_vlp": "hf_ssl.modeling.gfslt_vlp",
 }
 
 
