@@ -146,6 +146,11 @@ TINY_CONFIGS = {
                                        bos_token_id=0, eos_token_id=1, pad_token_id=2),
                       decoder_config=dict(d_model=16, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
                                           max_position_embeddings=32)),
+    "smtc": dict(backbone_config=TINY_VIT, image_size=32, num_frames=3, sampling_rate=2, num_slots=4,
+                 num_instances=2, slot_iterations=2),
+    "isr": dict(backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
+                                     patch_size=4, drop_path_rate=0.0), image_size=32, embedding_dim=16,
+                max_instances=2),
 }
 
 

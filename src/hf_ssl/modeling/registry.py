@@ -57,6 +57,8 @@ METHODS: Dict[str, str] = {
     "nerf_mae": "hf_ssl.modeling.nerf_mae",
     "transitive_invariance": "hf_ssl.modeling.transitive_invariance",
     "gfslt_vlp": "hf_ssl.modeling.gfslt_vlp",
+    "smtc": "hf_ssl.modeling.smtc",
+    "isr": "hf_ssl.modeling.isr",
 }
 
 

@@ -127,6 +127,11 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
     before = evaluate_representations(model, knn_train, knn_test, k=args.knn_k, temperature=args.knn_temperature,
                                       linear_probe=args.linear_probe, device=args.device)
     log(f"[hf-ssl] k-NN accuracy before training (random init): {before['knn_accuracy']:.4f}")
+    # a method's own task metric (e.g. object discovery FG-ARI for object-centric models), before and after
+    task_metrics = getattr(model, "task_metrics", None)
+    task_before = task_metrics(dataset, eval_split) if callable(task_metrics) else {}
+    if task_before:
+        log(f"[hf-ssl] task metrics before training (random init): {_fmt_metrics(task_before)}")
     trainer = SSLTrainer(model=model, args=args, train_dataset=train_ds, knn_train_dataset=knn_train,
                          knn_eval_dataset=knn_test)
     start = time.time()
@@ -139,6 +144,13 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
 
     result = {"method": spec.name, "knn_before": before, "knn_after": after, "train_seconds": elapsed,
               "skipped_images": trainer.skipped_images, "output_dir": output_dir}
+    if task_before:
+        task_after = task_metrics(dataset, eval_split)
+        log(f"[hf-ssl] task metrics after {max_steps} steps: {_fmt_metrics(task_after)} "
+            f"(random init {_fmt_metrics(task_before)})")
+        result.update(task_before=task_before, task_after=task_after)
+        after.update({f"task_{k}": v for k, v in task_after.items()})
+        before.update({f"task_{k}": v for k, v in task_before.items()})
     if save and trainer.is_world_process_zero():
         final_dir = os.path.join(output_dir, "final")
         save_run(trainer, final_dir, dataset=dataset, metrics={
@@ -154,6 +166,10 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
             push_folder(final_dir, push_to_hub)
             log(f"[hf-ssl] pushed to {push_to_hub}")
     return result
+
+
+def _fmt_metrics(metrics: Dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("num_"))
 
 
 def save_run(trainer, save_directory: str, dataset: str, metrics: Dict[str, float]) -> str:
@@ -264,6 +280,9 @@ def main(argv=None) -> int:
                    help="'radiology': the DINOv2-radiology study's protocol = k-NN + linear probe + few-shot "
                         "(1, 2, 4, 8, 16 per class) + LoRA fine-tune")
     e.add_argument("--output-dir", default=None, help="where --peft writes its adapter (default: a temp dir)")
+    e.add_argument("--object-discovery", action="store_true",
+                   help="also FG-ARI / mIoU of the model's instance masks against the dataset's ground-truth masks "
+                        "(object-centric models, e.g. smtc on builtin:moving_digit_pairs)")
 
     f = sub.add_parser("finetune", help="LoRA fine-tune an exported encoder with a stock classification head")
     f.add_argument("encoder")
@@ -338,6 +357,10 @@ def main(argv=None) -> int:
         train = extract_features(model, labeled_eval_dataset(args.dataset, "train", model.config), desc="train")
         test = extract_features(model, labeled_eval_dataset(args.dataset, args.split, model.config), desc="test")
         metrics = knn_and_linear_metrics(train, test, k=args.k, linear_probe=args.linear_probe)
+        if args.object_discovery:
+            from .object_discovery import evaluate_object_discovery
+
+            metrics.update(evaluate_object_discovery(model, args.dataset, args.split))
         if args.few_shot:
             metrics.update(few_shot_metrics(train, test, shots=args.few_shot, trials=args.few_shot_trials, k=args.k))
         if args.peft:
