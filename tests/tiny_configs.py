@@ -151,6 +151,11 @@ TINY_CONFIGS = {
     "isr": dict(backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
                                      patch_size=4, drop_path_rate=0.0), image_size=32, embedding_dim=16,
                 max_instances=2),
+    "cmd": dict(backbone_config=TINY_VIT, image_size=32, head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16,
+                mil_attention_dim=16, augmentation={"num_local": 1, "local_size": 16}),
+    "solider": dict(backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
+                                         patch_size=4), image_size=32, head_out_dim=64, head_hidden_dim=32,
+                    head_bottleneck_dim=16, augmentation={"num_local": 1, "local_size": 16}),
 }
 
 

@@ -59,6 +59,8 @@ METHODS: Dict[str, str] = {
     "gfslt_vlp": "hf_ssl.modeling.gfslt_vlp",
     "smtc": "hf_ssl.modeling.smtc",
     "isr": "hf_ssl.modeling.isr",
+    "cmd": "hf_ssl.modeling.cmd",
+    "solider": "hf_ssl.modeling.solider",
 }
 
 
