@@ -118,9 +118,12 @@ def test_export_encoder_reloads_without_hf_ssl(tmp_path):
         d = tmp_path / name
         model.export_encoder(d)
         x = _global_view(_batch(model.config, n=2), model)
-        # a method whose vanilla export takes another input layout says which (ChAda-ViT: one channel)
-        x = getattr(model, "export_check_input", lambda v: v)(x)
-        torch.save({"x": x, "features": model.get_input_features(x)}, d / "expected.pt")
+        # a method whose vanilla export takes another input says which: `export_check_input(x)` gives the stock
+        # encoder's input, which the model's features are computed on too (ChAda-ViT: one channel; SMTC: frames), or
+        # a pair (model input, stock input) when only the layout differs (volumes `[B, C, D, H, W]` -> VideoMAE clips)
+        converted = getattr(model, "export_check_input", lambda v: v)(x)
+        x_model, x_stock = converted if isinstance(converted, tuple) else (converted, converted)
+        torch.save({"x": x_stock, "features": model.get_input_features(x_model)}, d / "expected.pt")
         cases.append(str(d))
     script = """
 import json, sys, torch

@@ -162,7 +162,7 @@ def test_export_is_a_vanilla_videomae_with_the_same_features(tmp_path):
     enc = VideoMAEModel.from_pretrained(tmp_path).eval()
     x = _radiance()
     with torch.no_grad():
-        feats = enc(**{info["input_name"]: model.export_check_input(x)}).last_hidden_state.mean(1)
+        feats = enc(**{info["input_name"]: model.export_check_input(x)[1]}).last_hidden_state.mean(1)
     assert torch.allclose(feats, model.get_input_features(x), atol=1e-5)
 
 

@@ -156,6 +156,16 @@ TINY_CONFIGS = {
     "solider": dict(backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
                                          patch_size=4), image_size=32, head_out_dim=64, head_hidden_dim=32,
                     head_bottleneck_dim=16, augmentation={"num_local": 1, "local_size": 16}),
+    "image_volume_clustering": dict(backbone_config=dict(TINY_RESNET, num_channels=1), image_size=16, volume_depth=8,
+                                    aggregator_hidden_size=32, aggregator_layers=1, aggregator_num_heads=2,
+                                    aggregator_intermediate_size=64, num_prototypes=8, num_prototypes_2d=8,
+                                    projection_hidden_dim=32, projection_dim=16, num_slices_2d=2,
+                                    freeze_prototypes_steps=0),
+    "alice": dict(backbone_config=dict(model_type="videomae", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, patch_size=8, tubelet_size=8),
+                  image_size=16, head_out_dim=32, patch_out_dim=32, head_hidden_dim=32, head_bottleneck_dim=16,
+                  decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2, cafa_num_heads=2, cafa_head_dim=8,
+                  cafa_intermediate_size=32),
 }
 
 

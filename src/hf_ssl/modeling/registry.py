@@ -61,6 +61,8 @@ METHODS: Dict[str, str] = {
     "isr": "hf_ssl.modeling.isr",
     "cmd": "hf_ssl.modeling.cmd",
     "solider": "hf_ssl.modeling.solider",
+    "image_volume_clustering": "hf_ssl.modeling.image_volume_clustering",
+    "alice": "hf_ssl.modeling.alice",
 }
 
 

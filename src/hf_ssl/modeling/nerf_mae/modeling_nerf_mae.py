@@ -82,9 +82,9 @@ class NeRFMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
     def check_volumes(self, volumes, name="pixel_values_volumes"):
         check_volume_values(volumes, self.config.num_channels, name, size=self.volume_size)
 
-    def export_check_input(self, volumes: torch.Tensor) -> torch.Tensor:
-        """The stock exported VideoMAEModel takes `[B, D, C, H, W]` clips."""
-        return volume_to_video(volumes)
+    def export_check_input(self, volumes: torch.Tensor):
+        """(model input, stock input): the exported VideoMAEModel takes the same volumes as `[B, D, C, H, W]` clips."""
+        return volumes, volume_to_video(volumes)
 
     @torch.no_grad()
     def get_input_features(self, inputs: torch.Tensor) -> torch.Tensor:
