@@ -13,6 +13,8 @@ import queue
 import tempfile
 import traceback
 
+import pytest
+import torch
 import torch.multiprocessing as mp
 
 DEFAULT_TIMEOUT = float(os.environ.get("HF_SSL_TEST_DDP_TIMEOUT", 600))
@@ -122,3 +124,120 @@ def run_distributed(fn, tmp_path, *args, world_size: int = 2, timeout: float = D
         _POOLS.pop(world_size, None)
         pool.close(kill=True)
         raise
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The DDP equivalence pattern: every process runs forward/backward on its rows of one batch (with the gradients
+# averaged over processes, as DDP does), saves what it got, and the parent compares with one process on the whole
+# batch. Workers are module-level functions `fn(rank, world_size, out_dir, *args)` that end with `save_rank`.
+# ------------------------------------------------------------------------------------------------------------------
+def rank_rows(batch_size: int, rank: int, world_size: int) -> slice:
+    """The rows of process `rank` when `batch_size` rows are split evenly in rank order."""
+    if batch_size % world_size:
+        raise ValueError(f"a batch of {batch_size} rows does not split evenly over {world_size} processes")
+    per = batch_size // world_size
+    return slice(rank * per, (rank + 1) * per)
+
+
+def shard(batch, rows):
+    """`rows` of every tensor in `batch` (a tensor or a dict / list / tuple of them, nested); other values kept."""
+    if isinstance(batch, torch.Tensor):
+        return batch[rows]
+    if isinstance(batch, dict):
+        return {k: shard(v, rows) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(shard(v, rows) for v in batch)
+    return batch
+
+
+def _batch_size(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        n = _batch_size(v)
+        if n is not None:
+            return n
+    return None
+
+
+def parameter_grads(model) -> dict:
+    """{name: copy of .grad} of the parameters that received a gradient."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def average_over_processes_(grads: dict, world_size: int) -> dict:
+    """All-reduce and divide by the world size in place (DDP's gradient averaging); returns `grads`."""
+    import torch.distributed as dist
+
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world_size
+    return grads
+
+
+def forward_backward(model, batch):
+    """`model(**batch)` and backward of its loss; returns the output."""
+    out = model(**batch)
+    out.loss.backward()
+    return out
+
+
+def shard_forward_backward(model, batch, rank: int, world_size: int, average_grads: bool = True):
+    """In a worker: forward/backward on this process's rows of `batch` (every tensor split along dim 0).
+
+    Returns `(output, grads)`: the gradients averaged over processes as DDP does, or with `average_grads=False`
+    this process's own (the parent then averages them with `mean_over_ranks(ranks, "grads")`).
+    """
+    out = forward_backward(model, shard(batch, rank_rows(_batch_size(batch), rank, world_size)))
+    grads = parameter_grads(model)
+    return out, (average_over_processes_(grads, world_size) if average_grads else grads)
+
+
+def save_rank(out_dir, rank: int, **record) -> None:
+    """Save what process `rank` measured (tensors, floats, dicts / lists of them) for the parent to load."""
+    torch.save(record, os.path.join(str(out_dir), f"rank{rank}.pt"))
+
+
+def run_ranks(fn, tmp_path, *args, world_size: int = 2, timeout: float = DEFAULT_TIMEOUT) -> list:
+    """`run_distributed(fn, tmp_path, str(tmp_path), *args)` and load every process's `save_rank` record."""
+    run_distributed(fn, tmp_path, str(tmp_path), *args, world_size=world_size, timeout=timeout)
+    return [torch.load(os.path.join(str(tmp_path), f"rank{r}.pt")) for r in range(world_size)]
+
+
+def _rank_mean(values):
+    if isinstance(values[0], dict):
+        return {k: _rank_mean([v[k] for v in values]) for k in values[0]}
+    return sum(values[1:], values[0]) / len(values)
+
+
+def mean_over_ranks(ranks: list, key: str):
+    """The mean over processes of `ranks[r][key]` (floats, tensors or dicts of them, averaged per entry)."""
+    return _rank_mean([r[key] for r in ranks])
+
+
+def _scalar(value) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def assert_grads_close(got: dict, expected, *, atol: float, rtol: float, same_keys: bool = False) -> None:
+    """Every gradient of `expected` (a model after backward, or {name: grad}) matches `got[name]` within
+    atol + rtol * |expected|; at least one parameter must have a gradient. `same_keys`: no gradient extra or missing."""
+    if isinstance(expected, torch.nn.Module):
+        expected = {n: p.grad for n, p in expected.named_parameters() if p.grad is not None}
+    assert expected, "no parameter received a gradient in the single-process run"
+    if same_keys:
+        assert set(got) == set(expected), sorted(set(got) ^ set(expected))
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def assert_ddp_matches_single(ranks: list, loss, grads, *, atol: float, rtol: float, loss_rel: float = 1e-5,
+                              grads_averaged: bool = True, same_keys: bool = False) -> None:
+    """The two checks every DDP equivalence test makes: the mean of the per-process losses (what DDP's gradient
+    averaging optimises) equals the single-process `loss`, and so do the gradients (`grads`: the single-process
+    model after backward, or {name: grad}). `grads_averaged`: the workers saved gradients already averaged over
+    processes (else they are averaged here)."""
+    assert _scalar(mean_over_ranks(ranks, "loss")) == pytest.approx(_scalar(loss), rel=loss_rel)
+    got = ranks[0]["grads"] if grads_averaged else mean_over_ranks(ranks, "grads")
+    assert_grads_close(got, grads, atol=atol, rtol=rtol, same_keys=same_keys)

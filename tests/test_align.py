@@ -12,7 +12,10 @@ from PIL import Image
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.align import (METHOD, ALIGNConfig, ALIGNForSelfSupervisedPretraining, AltTextFilter,
                                    align_contrastive_loss, filter_dataset)
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import tiny_training_run
+from vl_utils import image_text_batch
 
 
 def make_model(seed=0, **overrides):
@@ -21,14 +24,7 @@ def make_model(seed=0, **overrides):
 
 
 def make_batch(n=4, seed=0, length=16, vocab=600):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, vocab, (n, length), generator=g)
-    lengths = torch.randint(3, length, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    input_ids[:, 0] = 0
-    input_ids[torch.arange(n), lengths - 1] = 1
-    input_ids[mask == 0] = 2
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": input_ids, "attention_mask": mask}
+    return image_text_batch(n, seed, length, vocab)
 
 
 def _hand_loss(img, txt, temperature, eps):
@@ -115,36 +111,17 @@ def test_paper_default_towers():
 # DDP
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = make_model().eval()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "logits": out.logits, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(make_model().eval(), make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), logits=out.logits, grads=grads)
 
 
 def test_ddp_gathered_loss_equals_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-4, rtol=1e-3)
     assert ranks[0]["logits"].shape == (4, 8)
     assert torch.allclose(torch.cat([ranks[0]["logits"], ranks[1]["logits"]]), out.logits, atol=1e-5)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-4, rtol=1e-3), name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -238,17 +215,12 @@ def test_bad_configs_and_inputs_raise():
 def test_tiny_trainer_run_and_save_load(tmp_path):
     from transformers import AutoModel
 
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     before = model.logit_scale.item()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path / "run", max_steps=4, batch_size=8)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert model.logit_scale.item() != before

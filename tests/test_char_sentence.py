@@ -11,7 +11,9 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.char_sentence import (CHAR_VOCAB_SIZE, METHOD, CharSentenceConfig,
                                            CharSentenceForSelfSupervisedPretraining, build_char_tokenizer,
                                            retrieval_evaluate)
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import tiny_training_run
 
 CAPTIONS = ["a photo of the digit seven.", "a handwritten one.", "a drawing of the digit zero!", "two"]
 
@@ -103,34 +105,15 @@ def test_model_loss_is_sum_of_hinges_on_joint_embeddings():
 
 
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = make_model().eval()
-    batch = make_batch(CAPTIONS * 2, seed=4)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(make_model().eval(), make_batch(CAPTIONS * 2, seed=4), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), grads=grads)
 
 
 def test_ddp_gathered_negatives_equal_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(CAPTIONS * 2, seed=4))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-3), name
+    out = forward_backward(model, make_batch(CAPTIONS * 2, seed=4))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-3)
 
 
 def test_bad_config_and_inputs_raise():
@@ -150,19 +133,14 @@ def test_bad_config_and_inputs_raise():
 
 
 def test_view_policy_tokenizes_characters_and_training_and_retrieval(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     policy = build_view_generator(model.config)
     ids = policy.tokenize(["a one."])[0][0]
     assert int((ids != policy.tokenizer.pad_token_id).sum()) == len("a one.") + 2
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), policy)
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
     logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3 and all(np.isfinite(logs))
     res = retrieval_evaluate(model, max_samples=30, k=(1, 5))

@@ -10,7 +10,9 @@ import torch
 
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.clip import METHOD, CLIPForSelfSupervisedPretraining, CLIPSSLConfig, clip_contrastive_loss
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from vl_utils import random_captions
 
 
 def make_model(seed=0, **overrides):
@@ -21,12 +23,7 @@ def make_model(seed=0, **overrides):
 def make_batch(n=4, seed=0, length=16, vocab=600):
     g = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(n, 3, 32, 32, generator=g)
-    input_ids = torch.randint(3, vocab, (n, length), generator=g)
-    lengths = torch.randint(3, length, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    input_ids[:, 0] = 0
-    input_ids[torch.arange(n), lengths - 1] = 1  # EOS
-    input_ids[mask == 0] = 2  # pad
+    input_ids, mask = random_captions(g, (n,), length, vocab)  # BOS 0, EOS 1, PAD 2
     return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": mask}
 
 
@@ -101,37 +98,19 @@ def test_gradients_reach_both_towers():
 # DDP: gathered logits
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     model = make_model().eval()  # eval: BatchNorm uses running stats, so the only cross-sample term is the loss
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size  # what DDP's gradient averaging does
-    torch.save({"loss": out.loss.item(), "logits": out.logits, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), logits=out.logits, grads=grads)
 
 
 def test_ddp_gathered_logits_equal_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
     # every process scores its rows against the texts of the whole global batch
     assert ranks[0]["logits"].shape == (4, 8)
     assert torch.allclose(torch.cat([ranks[0]["logits"], ranks[1]["logits"]]), out.logits, atol=1e-4)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from hf_ssl.modeling.composed_retrieval import (METHOD, ComposedRetrievalConfig,
                                                 ComposedRetrievalForSelfSupervisedPretraining,
                                                 composed_contrastive_loss, composed_recall_at_k,
                                                 composed_retrieval_evaluate)
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import loss_logs, tiny_training_run
+from vl_utils import random_captions
 
 
 def make_model(seed=0, **overrides):
@@ -21,12 +24,7 @@ def make_model(seed=0, **overrides):
 
 def make_batch(n=4, seed=0, length=24, vocab=600):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (n, length), generator=g)
-    lengths = torch.randint(4, length, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    ids[:, 0] = 0
-    ids[torch.arange(n), lengths - 1] = 1
-    ids[mask == 0] = 2
+    ids, mask = random_captions(g, (n,), length, vocab, min_length=4)
     return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g),
             "target_pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask}
 
@@ -150,36 +148,17 @@ def test_geometric_and_class_edit_triplets():
 # DDP
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = make_model().eval()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "logits": out.logits, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(make_model().eval(), make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), logits=out.logits, grads=grads)
 
 
 def test_ddp_gathered_negatives_equal_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
     assert ranks[0]["logits"].shape == (4, 8)  # every query scored against all 8 targets
     assert torch.allclose(torch.cat([ranks[0]["logits"], ranks[1]["logits"]]), out.logits, atol=1e-4)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,17 +179,12 @@ def test_recall_at_k_hand_case():
 
 
 def test_tiny_trainer_run_and_evaluation(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path, max_steps=4, batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 4 and all(np.isfinite(h["loss"]) and "loss_align" in h for h in logs)
     res = composed_retrieval_evaluate(model, split="test", max_samples=40)
     assert set(res) == {f"{b}_recall@{k}" for b in ("composed", "text_only") for k in (1, 5, 10)}

@@ -11,6 +11,7 @@ from hf_ssl.modeling.denseclip import (METHOD, DenseCLIPConfig, DenseCLIPForSema
                                        segmentation_metrics)
 from hf_ssl.modeling.prompting import encode_text_with_prompts
 from tiny_configs import TINY_CONFIGS, TINY_VIT, tiny_config
+from train_utils import loss_logs, tiny_training_run
 
 
 def make_model(seed=0, **overrides):
@@ -288,17 +289,12 @@ def test_segmentation_metrics_hand_case():
 
 
 def test_tiny_trainer_run(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert all("identity_loss" in h and "pixel_accuracy" in h for h in logs)
 

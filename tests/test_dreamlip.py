@@ -10,7 +10,11 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.dreamlip import (METHOD, DreamLIPConfig, DreamLIPForSelfSupervisedPretraining, circle_loss,
                                       describe_digit, group_patches, grouping_loss, multi_positive_loss,
                                       sample_subcaptions, split_caption)
+from ddp_utils import (assert_ddp_matches_single, forward_backward, mean_over_ranks, run_ranks, save_rank,
+                       shard_forward_backward)
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import loss_logs, tiny_training_run
+from vl_utils import image_text_batch
 
 
 def make_model(seed=0, **overrides):
@@ -19,14 +23,7 @@ def make_model(seed=0, **overrides):
 
 
 def make_batch(n=4, t=3, seed=0, length=16, vocab=600):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (n, t, length), generator=g)
-    lengths = torch.randint(3, length, (n, t), generator=g)
-    mask = (torch.arange(length) < lengths[..., None]).long()
-    ids[..., 0] = 0
-    ids.scatter_(2, (lengths - 1)[..., None], 1)
-    ids[mask == 0] = 2
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask}
+    return image_text_batch(n, seed, length, vocab, texts_per_image=t)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,38 +176,18 @@ def test_gradients_reach_both_towers():
 # DDP
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = make_model().eval()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    terms = {k: v.item() for k, v in out.metrics.items()}
-    torch.save({"loss": out.loss.item(), "terms": terms, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(make_model().eval(), make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), terms={k: v.item() for k, v in out.metrics.items()}, grads=grads)
 
 
 def test_ddp_equals_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    terms = mean_over_ranks(ranks, "terms")
     for key in ("contrastive_loss", "multi_positive_loss", "grouping_loss"):
-        got = (ranks[0]["terms"][key] + ranks[1]["terms"][key]) / 2
-        assert got == pytest.approx(out.metrics[key].item(), rel=1e-5), key
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
+        assert terms[key] == pytest.approx(out.metrics[key].item(), rel=1e-5), key
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,17 +216,12 @@ def test_bad_configs_and_inputs_raise():
 def test_tiny_trainer_run_and_save_load(tmp_path):
     from transformers import AutoModel
 
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path / "run", batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) and np.isfinite(h["grouping_loss"]) for h in logs)
     model.eval().save_pretrained(tmp_path / "ckpt")
     reloaded = AutoModel.from_pretrained(tmp_path / "ckpt").eval()

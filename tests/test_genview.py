@@ -15,6 +15,8 @@ from hf_ssl.modeling.genview.modeling_genview import foreground_maps, quality_we
 from hf_ssl.modeling.genview.views_genview import adaptive_noise_level, foreground_ratio, load_generator
 from hf_ssl.modeling.momentum import cosine_schedule
 from hf_ssl.training.data import SSLDataCollator, build_view_generator
+from ddp_utils import (assert_ddp_matches_single, forward_backward, rank_rows, run_ranks, save_rank,
+                       shard_forward_backward)
 
 TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                 patch_size=8)
@@ -177,31 +179,21 @@ def _ddp_worker(rank, world_size, out_dir):
     model = make_model().eval()
     model.set_foreground_direction(F.normalize(torch.arange(1.0, 33.0), dim=0))
     x = views(batch=4)
-    half = slice(2 * rank, 2 * rank + 2)
-    out = model(pixel_values=[x[0][half], x[1][half]])
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    out, grads = shard_forward_backward(model, {"pixel_values": [x[0], x[1]]}, rank, world_size, average_grads=False)
     tokens = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(5))
     model.train()
-    direction = model.update_foreground_direction(tokens[half])
-    torch.save({"loss": out.loss.detach(), "grads": grads, "direction": direction}, f"{out_dir}/rank{rank}.pt")
+    direction = model.update_foreground_direction(tokens[rank_rows(4, rank, world_size)])
+    save_rank(out_dir, rank, loss=out.loss.detach(), grads=grads, direction=direction)
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
     model.set_foreground_direction(F.normalize(torch.arange(1.0, 33.0), dim=0))
-    out = model(pixel_values=views(batch=4))
-    out.loss.backward()
+    out = forward_backward(model, {"pixel_values": views(batch=4)})
     # keys gathered from every process + globally normalised quality weights: mean of the per-process losses
     # (what DDP's gradient averaging optimises) equals the single-process loss, and so do the averaged gradients
-    assert ((ranks[0]["loss"] + ranks[1]["loss"]) / 2).item() == pytest.approx(out.loss.item(), rel=1e-5)
-    for n, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close((ranks[0]["grads"][n] + ranks[1]["grads"][n]) / 2, p.grad, atol=1e-5, rtol=1e-4)
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4, grads_averaged=False)
     model.train()
     direction = model.update_foreground_direction(torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(5)))
     torch.testing.assert_close(ranks[0]["direction"], direction, atol=1e-5, rtol=1e-4)

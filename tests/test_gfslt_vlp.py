@@ -17,7 +17,9 @@ from hf_ssl.modeling.gfslt_vlp.views_gfslt_vlp import (describe_motion, load_gfs
                                                        motion_sentence, tokenize_and_mask)
 from hf_ssl.modeling.clip.modeling_clip import clip_contrastive_loss
 from hf_ssl.training.data import build_view_generator
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import tiny_config
+from train_utils import loss_logs, tiny_training_run
 
 
 def _model(seed=0, **overrides):
@@ -195,43 +197,26 @@ def test_bad_inputs_and_configs():
 
 def _ddp_worker(rank, world_size, out_dir):
     model = _model(decoder_condition="visual").eval()  # eval: no dropout; the loss is still computed
-    batch = _batch(model, 8)
-    half = {k: v[4 * rank: 4 * rank + 4] for k, v in batch.items()}
-    out = model(**half)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.save({"loss": out.loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, _batch(model, 8), rank, world_size, average_grads=False)
+    save_rank(out_dir, rank, loss=out.loss.detach(), grads=grads)
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = _model(decoder_condition="visual").eval()
-    out = model(**_batch(model, 8))
-    out.loss.backward()
-    assert ((ranks[0]["loss"] + ranks[1]["loss"]) / 2).item() == pytest.approx(out.loss.item(), rel=1e-5)
-    for n, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close((ranks[0]["grads"][n] + ranks[1]["grads"][n]) / 2, p.grad, atol=1e-5,
-                                       rtol=1e-4)
+    out = forward_backward(model, _batch(model, 8))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4, grads_averaged=False)
 
 
 def test_tiny_training_run_and_retrieval(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     config = tiny_config("gfslt_vlp")
     torch.manual_seed(0)
     model = GFSLTVLPForSelfSupervisedPretraining(config)
     train = SSLViewDataset(load_image_stream(METHOD.default_dataset, shuffle_buffer=16), build_view_generator(config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=train)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, train, tmp_path / "run")
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert all("mlm_loss" in h and "contrastive_loss" in h for h in logs)
     metrics = video_text_evaluate(model, split="test", batch_size=16, max_samples=24)

@@ -9,7 +9,9 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.grasp2vec import (METHOD, Grasp2VecConfig, Grasp2VecForSelfSupervisedPretraining,
                                        grasp2vec_heatmap, heatmap_argmax_in_box, npairs_loss)
 from hf_ssl.modeling.grasp2vec.views_grasp2vec import SimulatedGraspPolicy, place_boxes
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import tiny_training_run
 
 
 def make_model(seed=0, **overrides):
@@ -212,36 +214,18 @@ def test_bad_inputs_raise():
 # DDP: gathered negatives
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     model = make_model().eval()  # eval: BatchNorm uses running stats, so the only cross-sample term is the loss
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size  # DDP's gradient averaging
-    torch.save({"loss": out.loss.item(), "logits": out.logits, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), logits=out.logits, grads=grads)
 
 
 def test_ddp_gathered_negatives_equal_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
     assert ranks[0]["logits"].shape == (4, 8)  # every process scores against the other's positives too
     assert torch.allclose(torch.cat([ranks[0]["logits"], ranks[1]["logits"]]), out.logits, atol=1e-4)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -250,16 +234,11 @@ def test_ddp_gathered_negatives_equal_single_process(tmp_path):
 def test_tiny_trainer_run_and_save_load(tmp_path):
     from transformers import AutoModel
 
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path / "out", max_steps=4, batch_size=8)
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 4 and all(np.isfinite(logged))
     model.eval().save_pretrained(tmp_path / "g2v")

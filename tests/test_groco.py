@@ -3,8 +3,6 @@ selection, stop-gradients, the view policy, DDP equivalence, training and save/l
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +15,7 @@ from hf_ssl.modeling.groco.modeling_groco import group_ordering_loss
 from hf_ssl.modeling.sorting import (SORTING_DISTRIBUTIONS, differentiable_sort, hard_sort_permutation,
                                      odd_even_layers, swap_probability)
 from hf_ssl.training.data import build_view_generator
+from ddp_utils import assert_ddp_matches_single, parameter_grads, rank_rows, run_ranks, save_rank
 
 TINY_RESNET = dict(model_type="resnet", layer_type="basic", depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8)
 
@@ -268,28 +267,22 @@ def _loss_and_grads(model, rows):
     model.zero_grad()
     out = model(pixel_values=[v[rows] for v in _ddp_views()])
     out.loss.backward()
-    return float(out.loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(out.loss.detach()), parameter_grads(model)
 
 
 def _ddp_worker(rank, world_size, out_dir, stop_gradient):
     torch.set_num_threads(1)
-    per = DDP_BATCH // world_size
     model = make_model(num_negatives=5, stop_gradient=stop_gradient).eval()
-    loss, grads = _loss_and_grads(model, slice(rank * per, (rank + 1) * per))
-    torch.save({"loss": loss, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    loss, grads = _loss_and_grads(model, rank_rows(DDP_BATCH, rank, world_size))
+    save_rank(out_dir, rank, loss=loss, grads=grads)
 
 
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_ddp_two_processes_match_single_process(tmp_path, stop_gradient):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), stop_gradient, world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path, stop_gradient)
     loss, grads = _loss_and_grads(make_model(num_negatives=5, stop_gradient=stop_gradient).eval(), slice(None))
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(loss, rel=1e-5)
-    assert grads and set(grads) == set(ranks[0]["grads"])
-    for name, g in grads.items():  # DDP averages the per-process gradients
-        assert torch.allclose((ranks[0]["grads"][name] + ranks[1]["grads"][name]) / 2, g, atol=1e-6), name
+    # DDP averages the per-process gradients
+    assert_ddp_matches_single(ranks, loss, grads, atol=1e-6, rtol=1e-5, grads_averaged=False, same_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ weights are applied exactly, every head's gradient reaches the shared backbone, 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -18,6 +16,9 @@ from hf_ssl.modeling.heuristic_mtl import (METHOD, HeuristicMTLConfig, Heuristic
                                            HeuristicMTLImageProcessor)
 from hf_ssl.modeling.losses import nt_xent
 from hf_ssl.training.data import SSLDataCollator, build_view_generator
+from ddp_utils import (assert_grads_close, average_over_processes_, mean_over_ranks, parameter_grads, rank_rows,
+                       run_ranks, save_rank)
+from train_utils import tiny_training_run
 
 TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                 patch_size=8)
@@ -233,17 +234,12 @@ def test_view_policy_passes_labels_and_masks():
 
 
 def test_tiny_trainer_run_uses_dataset_labels(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model(num_classes=10, projection_batch_norm=True)
     before = model.classifier.weight.detach().clone()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=32), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-3)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and all(np.isfinite(h["loss"]) for h in logged)
     assert all(h["classification_active"] == 1.0 and h["mim_active"] == 1.0 for h in logged)
@@ -281,32 +277,22 @@ def _ddp_step(rows):
             segmentation_labels=seg[rows])
     m.zero_grad()
     out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    grads = parameter_grads(m)
     return out.loss.detach(), {k: v.detach() for k, v in out.metrics.items()}, grads
 
 
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    per = DDP_B // world_size
-    loss, metrics, grads = _ddp_step(slice(rank * per, (rank + 1) * per))
-    for g in grads.values():  # what DDP does: average gradients over processes
-        dist.all_reduce(g)
-        g /= world_size
-    torch.save({"loss": loss, "metrics": metrics, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    loss, metrics, grads = _ddp_step(rank_rows(DDP_B, rank, world_size))
+    save_rank(out_dir, rank, loss=loss, metrics=metrics, grads=average_over_processes_(grads, world_size))
 
 
 def test_ddp_equivalence(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     loss, metrics, grads = _ddp_step(slice(None))
-    assert torch.allclose((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, atol=1e-5)
+    assert torch.allclose(mean_over_ranks(ranks, "loss"), loss, atol=1e-5)
+    rank_metrics = mean_over_ranks(ranks, "metrics")
     for key in ("classification_loss", "segmentation_loss", "contrastive_loss", "mim_loss"):
-        assert torch.allclose((ranks[0]["metrics"][key] + ranks[1]["metrics"][key]) / 2, metrics[key], atol=1e-5), key
+        assert torch.allclose(rank_metrics[key], metrics[key], atol=1e-5), key
     assert ranks[0]["metrics"]["labeled_fraction"].item() == pytest.approx(metrics["labeled_fraction"].item())
-    assert set(ranks[0]["grads"]) == set(grads)
-    for n, g in grads.items():
-        assert torch.allclose(ranks[0]["grads"][n], g, atol=1e-5, rtol=1e-4), n
+    assert_grads_close(ranks[0]["grads"], grads, atol=1e-5, rtol=1e-4, same_keys=True)

@@ -14,6 +14,7 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.i2p_mae import METHOD, I2PMAEConfig, I2PMAEForSelfSupervisedPretraining
 from hf_ssl.training.points import (chamfer_distance_l2, decode_points, encode_points, farthest_point_sample,
                                     group_points, knn_indices)
+from train_utils import tiny_training_run
 
 TINY_POINT = dict(model_type="distilbert", dim=32, n_layers=1, n_heads=2, hidden_dim=64, vocab_size=1, dropout=0.0,
                   attention_dropout=0.0)
@@ -282,18 +283,13 @@ def test_2d_target_is_backprojected_feature_of_visible_patches():
 
 # ---------------------------------------------------------------------------------------------- training / io
 def test_tiny_training_run_and_save_load(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     cfg = model.config
     ds = SSLViewDataset(load_image_stream("builtin:digits3d", split="train", shuffle_buffer=16),
                         build_view_generator(cfg))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
-                                save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-3)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path / "out")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 3 and all(np.isfinite(losses))
     model.save_pretrained(tmp_path / "ckpt")

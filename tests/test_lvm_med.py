@@ -4,7 +4,6 @@ loss, training, save/load and DDP equivalence (the graphs span the gathered batc
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from hf_ssl.modeling.graph_matching import (blackbox_graph_matching, graduated_a
                                             quadratic_gradient, quadratic_score, solve_quadratic_assignment)
 from hf_ssl.modeling.lvm_med import METHOD, LVMMedConfig, LVMMedForSelfSupervisedPretraining, LVMMedImageProcessor
 from hf_ssl.modeling.lvm_med.modeling_lvm_med import local_similarity
+from ddp_utils import assert_grads_close, average_over_processes_, parameter_grads, rank_rows, run_ranks, save_rank
+from train_utils import tiny_training_run
 
 TINY_RESNET = dict(model_type="resnet", layer_type="basic", depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8)
 TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -288,17 +289,12 @@ def test_vit_backbone_and_local_grid_pooling():
 
 
 def test_tiny_trainer_run(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=32), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-2)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8, learning_rate=1e-2)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and all(np.isfinite(h["loss"]) for h in logged)
     assert not torch.equal(before["projector.layers.0.weight"], model.state_dict()["projector.layers.0.weight"])
@@ -334,34 +330,23 @@ def _ddp_step(model, rows):
     out = model(pixel_values=[v[rows] for v in x])
     model.zero_grad()
     out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = parameter_grads(model)
     return out.loss.detach(), out.logits, grads
 
 
 def _ddp_worker(rank, world_size, out_dir, solver):
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    per = DDP_B // world_size
-    loss, logits, grads = _ddp_step(_ddp_model(solver), slice(rank * per, (rank + 1) * per))
-    for g in grads.values():  # what DDP does: average gradients over processes
-        dist.all_reduce(g)
-        g /= world_size
-    torch.save({"loss": loss, "logits": logits, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    loss, logits, grads = _ddp_step(_ddp_model(solver), rank_rows(DDP_B, rank, world_size))
+    save_rank(out_dir, rank, loss=loss, logits=logits, grads=average_over_processes_(grads, world_size))
 
 
 @pytest.mark.parametrize("solver", ["blackbox", "sinkhorn"])
 def test_ddp_equivalence(tmp_path, solver):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), solver, world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path, solver)
     loss, logits, grads = _ddp_step(_ddp_model(solver), slice(None))
     for r in ranks:  # every process matches the whole global batch
         assert r["logits"].shape == (DDP_B, DDP_B)
         assert torch.allclose(r["logits"], logits, atol=1e-5)
         assert torch.allclose(r["loss"], loss, atol=1e-5)
     assert loss.item() > 0
-    assert set(ranks[0]["grads"]) == set(grads)
-    for n, g in grads.items():
-        assert torch.allclose(ranks[0]["grads"][n], g, atol=1e-5, rtol=1e-4), n
+    assert_grads_close(ranks[0]["grads"], grads, atol=1e-5, rtol=1e-4, same_keys=True)

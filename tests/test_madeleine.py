@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,8 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.madeleine import METHOD, MadeleineConfig, MadeleineForSelfSupervisedPretraining
 from hf_ssl.modeling.madeleine.optimal_transport import (cosine_cost, graph_optimal_transport, ipot_plan,
                                                          sparsify_cost, wasserstein_distance)
+from ddp_utils import (assert_grads_close, average_over_processes_, mean_over_ranks, parameter_grads, rank_rows,
+                       run_ranks, save_rank)
 
 TINY_RESNET = dict(model_type="resnet", layer_type="basic", depths=[1, 1], hidden_sizes=[8, 16], embedding_size=8)
 
@@ -217,33 +217,22 @@ def _ddp_step(rows):
     out = model(patch_features=feats[rows])
     model.zero_grad()
     out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = parameter_grads(model)
     return out.loss.detach(), {k: v.clone() for k, v in out.metrics.items()}, grads
 
 
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    per = DDP_B // world_size
-    loss, metrics, grads = _ddp_step(slice(rank * per, (rank + 1) * per))
-    for g in grads.values():  # what DDP does: average gradients over processes
-        dist.all_reduce(g)
-        g /= world_size
-    torch.save({"loss": loss, "metrics": metrics, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    loss, metrics, grads = _ddp_step(rank_rows(DDP_B, rank, world_size))
+    save_rank(out_dir, rank, loss=loss, metrics=metrics, grads=average_over_processes_(grads, world_size))
 
 
 def test_ddp_equivalence(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     loss, metrics, grads = _ddp_step(slice(None))
-    assert torch.allclose((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(mean_over_ranks(ranks, "loss"), loss, atol=1e-5, rtol=1e-5)
+    rank_metrics = mean_over_ranks(ranks, "metrics")
     for key in ("loss_global", "loss_local"):
-        assert torch.allclose((ranks[0]["metrics"][key] + ranks[1]["metrics"][key]) / 2, metrics[key], rtol=1e-5,
-                              atol=1e-5), key
-    assert set(ranks[0]["grads"]) == set(grads)
-    for n, g in grads.items():
-        assert torch.allclose(ranks[0]["grads"][n], g, atol=1e-6, rtol=1e-4), n
-        assert torch.allclose(ranks[1]["grads"][n], g, atol=1e-6, rtol=1e-4), n
+        assert torch.allclose(rank_metrics[key], metrics[key], rtol=1e-5, atol=1e-5), key
+    assert_grads_close(ranks[0]["grads"], grads, atol=1e-6, rtol=1e-4, same_keys=True)
+    assert_grads_close(ranks[1]["grads"], grads, atol=1e-6, rtol=1e-4)

@@ -10,7 +10,11 @@ import torch.nn.functional as F
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.modx import (METHOD, ModXConfig, ModXForSelfSupervisedPretraining, modx_distillation_loss,
                                   offdiagonal_kl)
+from ddp_utils import (assert_ddp_matches_single, average_over_processes_, forward_backward, mean_over_ranks,
+                       parameter_grads, rank_rows, run_ranks, save_rank, shard)
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import loss_logs, tiny_training_run
+from vl_utils import image_text_batch
 
 
 def make_model(seed=0, **overrides):
@@ -19,14 +23,7 @@ def make_model(seed=0, **overrides):
 
 
 def make_batch(n=4, seed=0, length=16, vocab=600):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, vocab, (n, length), generator=g)
-    lengths = torch.randint(3, length, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    input_ids[:, 0] = 0
-    input_ids[torch.arange(n), lengths - 1] = 1
-    input_ids[mask == 0] = 2
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": input_ids, "attention_mask": mask}
+    return image_text_batch(n, seed, length, vocab)
 
 
 def _unit(a):
@@ -176,50 +173,33 @@ def _perturbed_model():
     return model
 
 
-def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = _perturbed_model()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    local = {k: v[half] for k, v in batch.items()}
-    out = model(**local)
-    out.loss.backward()
-    img = model.encode_image(local["pixel_values"]).detach()
-    txt = model.encode_text(local["input_ids"], local["attention_mask"]).detach()
-    old_img, old_txt = model.encode_old(local["pixel_values"], local["input_ids"], local["attention_mask"])
-    kl, new_i2t, old_i2t, _ = modx_distillation_loss(img, txt, old_img, old_txt)
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "kl": kl.item(), "new_i2t": new_i2t, "old_i2t": old_i2t, "grads": grads},
-               f"{out_dir}/rank{rank}.pt")
-
-
-def test_ddp_gathered_similarity_matrices_equal_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    model = _perturbed_model()
-    batch = make_batch(n=8, seed=1)
-    out = model(**batch)
-    out.loss.backward()
+def _distillation_terms(model, batch):
     img = model.encode_image(batch["pixel_values"]).detach()
     txt = model.encode_text(batch["input_ids"], batch["attention_mask"]).detach()
     old_img, old_txt = model.encode_old(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-    kl, new_i2t, old_i2t, _ = modx_distillation_loss(img, txt, old_img, old_txt)
+    return modx_distillation_loss(img, txt, old_img, old_txt)
+
+
+def _ddp_worker(rank, world_size, out_dir):
+    model = _perturbed_model()
+    local = shard(make_batch(n=8, seed=1), rank_rows(8, rank, world_size))
+    out = forward_backward(model, local)
+    kl, new_i2t, old_i2t, _ = _distillation_terms(model, local)
+    grads = average_over_processes_(parameter_grads(model), world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), kl=kl.item(), new_i2t=new_i2t, old_i2t=old_i2t, grads=grads)
+
+
+def test_ddp_gathered_similarity_matrices_equal_single_process(tmp_path):
+    ranks = run_ranks(_ddp_worker, tmp_path)
+    model = _perturbed_model()
+    batch = make_batch(n=8, seed=1)
+    out = forward_backward(model, batch)
+    kl, new_i2t, old_i2t, _ = _distillation_terms(model, batch)
     assert ranks[0]["new_i2t"].shape == (4, 8)  # local rows x gathered columns
     assert torch.allclose(torch.cat([r["new_i2t"] for r in ranks]), new_i2t, atol=1e-5)
     assert torch.allclose(torch.cat([r["old_i2t"] for r in ranks]), old_i2t, atol=1e-5)
-    assert (ranks[0]["kl"] + ranks[1]["kl"]) / 2 == pytest.approx(kl.item(), rel=1e-4)  # world-size-scaled sums
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-4)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-3), name
+    assert mean_over_ranks(ranks, "kl") == pytest.approx(kl.item(), rel=1e-4)  # world-size-scaled sums
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-3, loss_rel=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -240,19 +220,14 @@ def test_bad_config_and_inputs_raise():
 
 
 def test_tiny_trainer_run_keeps_old_model_fixed(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     old = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("teacher_")}
     new_before = model.visual_projection.weight.detach().clone()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     for key, value in model.state_dict().items():
         if key.startswith("teacher_"):

@@ -12,7 +12,11 @@ from hf_ssl.modeling.clip import clip_contrastive_loss
 from hf_ssl.modeling.record_linkage import (METHOD, RecordLinkageConfig, RecordLinkageForSelfSupervisedPretraining,
                                             corrupt_text, evaluate_linkage, linkage_metrics, record_name,
                                             supervised_contrastive_loss)
+from ddp_utils import (assert_ddp_matches_single, forward_backward, mean_over_ranks, run_ranks, save_rank,
+                       shard_forward_backward)
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import loss_logs, tiny_training_run
+from vl_utils import random_captions
 
 
 def make_model(seed=0, **overrides):
@@ -22,17 +26,7 @@ def make_model(seed=0, **overrides):
 
 def make_batch(n=4, seed=0, length=32, vocab=600):
     g = torch.Generator().manual_seed(seed)
-
-    def text():
-        ids = torch.randint(3, vocab, (n, length), generator=g)
-        lengths = torch.randint(3, length, (n,), generator=g)
-        mask = (torch.arange(length)[None] < lengths[:, None]).long()
-        ids[:, 0] = 0
-        ids[torch.arange(n), lengths - 1] = 1
-        ids[mask == 0] = 2
-        return ids, mask
-
-    (i1, m1), (i2, m2) = text(), text()
+    (i1, m1), (i2, m2) = random_captions(g, (n,), length, vocab), random_captions(g, (n,), length, vocab)
     return {"pixel_values": [torch.randn(n, 3, 32, 32, generator=g), torch.randn(n, 3, 32, 32, generator=g)],
             "input_ids": [i1, i2], "attention_mask": [m1, m2]}
 
@@ -151,39 +145,18 @@ def test_model_loss_is_alignment_plus_supcon_on_pooled_records():
 
 
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
-    model = make_model().eval()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    local = {k: [v[half] for v in vs] for k, vs in batch.items()}
-    out = model(**local)
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "link": out.metrics["linkage_loss"].item(), "grads": grads},
-               f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(make_model().eval(), make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), link=out.metrics["linkage_loss"].item(), grads=grads)
 
 
 def test_ddp_gathered_linkage_loss_equals_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
+    out = forward_backward(model, make_batch(n=8, seed=1))
     # DDP rows are ordered [rank0 obs1, rank0 obs2, rank1 obs1, rank1 obs2], the single process [obs1, obs2]: the
     # loss is a mean over anchors, so the order does not matter
-    assert (ranks[0]["link"] + ranks[1]["link"]) / 2 == pytest.approx(out.metrics["linkage_loss"].item(), rel=1e-5)
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-3), name
+    assert mean_over_ranks(ranks, "link") == pytest.approx(out.metrics["linkage_loss"].item(), rel=1e-5)
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-3)
 
 
 def test_bad_config_and_inputs_raise():
@@ -208,17 +181,12 @@ def test_bad_config_and_inputs_raise():
 
 
 def test_tiny_training_and_linkage_evaluation(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs) and "linkage_loss" in logs[-1]
     res = evaluate_linkage(model, max_samples=24)
     for prefix in ("", "image_only_", "text_only_"):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ddp_utils import assert_ddp_matches_single, parameter_grads, rank_rows, run_ranks, save_rank
 from tiny_configs import tiny_config
 from hf_ssl.modeling.sit import SiTForSelfSupervisedPretraining
 from hf_ssl.modeling.sit.configuration_sit import DROP_TYPES
@@ -177,26 +178,20 @@ def _loss_and_grads(model, sl):
            "rotation_labels": batch["rotation_labels"][sl]}
     out = model(**sub)
     out.loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = parameter_grads(model)
     return out.loss.item(), grads
 
 
 def _ddp_worker(rank, world_size, out_dir):
     model = make_model().eval()
-    loss, grads = _loss_and_grads(model, slice(rank * 2, rank * 2 + 2))
-    torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    loss, grads = _loss_and_grads(model, rank_rows(4, rank, world_size))
+    save_rank(out_dir, rank, loss=loss, grads=grads)
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     loss, grads = _loss_and_grads(make_model().eval(), slice(None))
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(loss, rel=1e-5)
-    assert grads and set(grads) == set(ranks[0]["grads"])
-    for name, g in grads.items():
-        assert torch.allclose((ranks[0]["grads"][name] + ranks[1]["grads"][name]) / 2, g, atol=1e-6), name
+    assert_ddp_matches_single(ranks, loss, grads, atol=1e-6, rtol=1e-5, grads_averaged=False, same_keys=True)
 
 
 # 4. trainer run, save / load ---------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ from hf_ssl.modeling.smtc.modeling_smtc import (SemanticAwareSlotAttention, hung
                                                 instance_consistency_terms, semantic_consistency_loss, sinkhorn_plan,
                                                 slot_diversity_loss, valid_instances)
 from hf_ssl.training.data import build_view_generator, materialize_builtin
+from ddp_utils import (assert_ddp_matches_single, forward_backward, rank_rows, run_ranks, save_rank,
+                       shard_forward_backward)
 from tiny_configs import tiny_config
+from train_utils import loss_logs, tiny_training_run
 
 
 def _model(seed=0, **overrides):
@@ -281,23 +284,15 @@ def test_builtin_moving_digit_pairs_has_two_instances_per_clip():
 
 def test_ddp_two_processes_match_single_process(tmp_path):
     """With the instance-slot draws of both processes fixed, the DDP loss / gradients equal one process."""
-    from ddp_utils import run_distributed
-
     # make the instance draws deterministic and identical per example in both settings
     noise = torch.randn(4, 3, 4, 2, 32, generator=torch.Generator().manual_seed(5))
     torch.save(noise, tmp_path / "noise.pt")  # the workers read it from there
-    run_distributed(_ddp_worker_fixed_noise, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker_fixed_noise, tmp_path)
     model = _model(**_DDP_OVERRIDES).train()
     _fix_noise(model, noise)
-    out = model(pixel_values_videos=_views(4))
-    out.loss.backward()
+    out = forward_backward(model, {"pixel_values_videos": _views(4)})
     assert out.metrics["instance_loss"] != 0  # the globally normalised term is exercised
-    assert ((ranks[0]["loss"] + ranks[1]["loss"]) / 2).item() == pytest.approx(out.loss.item(), rel=1e-5)
-    for n, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close((ranks[0]["grads"][n] + ranks[1]["grads"][n]) / 2, p.grad, atol=1e-5,
-                                       rtol=1e-4)
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4, grads_averaged=False)
 
 
 _DDP_OVERRIDES = dict(semantic_mask_threshold=0.0, valid_area_threshold=0.0, valid_similarity_threshold=-1.0)  # all valid
@@ -317,28 +312,21 @@ def _fix_noise(model, noise, rows=slice(None)):
 def _ddp_worker_fixed_noise(rank, world_size, out_dir):
     noise = torch.load(os.path.join(out_dir, "noise.pt"))
     model = _model(**_DDP_OVERRIDES).train()
-    half = slice(2 * rank, 2 * rank + 2)
-    _fix_noise(model, noise, half)
-    out = model(pixel_values_videos=[v[half] for v in _views(4)])
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.save({"loss": out.loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    _fix_noise(model, noise, rank_rows(4, rank, world_size))
+    out, grads = shard_forward_backward(model, {"pixel_values_videos": _views(4)}, rank, world_size,
+                                        average_grads=False)
+    save_rank(out_dir, rank, loss=out.loss.detach(), grads=grads)
 
 
 def test_tiny_training_run_and_save_load(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     config = tiny_config("smtc")
     torch.manual_seed(0)
     model = SMTCForSelfSupervisedPretraining(config)
     train = SSLViewDataset(load_image_stream(METHOD.default_dataset, shuffle_buffer=16), build_view_generator(config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=train)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, train, tmp_path / "run")
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert all("consistency_loss" in h and "instance_loss" in h and "diversity_loss" in h for h in logs)
     model.save_pretrained(tmp_path / "ckpt")

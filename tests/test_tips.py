@@ -11,7 +11,10 @@ import hf_ssl  # noqa: F401
 from hf_ssl.modeling.clip import clip_contrastive_loss
 from hf_ssl.modeling.distillation import masked_patch_distillation
 from hf_ssl.modeling.tips import METHOD, TIPSConfig, TIPSForSelfSupervisedPretraining, ibot_masks
+from ddp_utils import (assert_ddp_matches_single, forward_backward, mean_over_ranks, run_ranks, save_rank,
+                       shard_forward_backward)
 from tiny_configs import TINY_CONFIGS, tiny_config
+from vl_utils import random_captions
 
 
 def make_model(seed=0, **overrides):
@@ -21,12 +24,7 @@ def make_model(seed=0, **overrides):
 
 def make_batch(n=4, seed=0, length=16, vocab=600, num_local=1):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (n, 2, length), generator=g)
-    lengths = torch.randint(3, length, (n, 2), generator=g)
-    mask = (torch.arange(length) < lengths[..., None]).long()
-    ids[..., 0] = 0
-    ids.scatter_(2, (lengths - 1)[..., None], 1)
-    ids[mask == 0] = 2
+    ids, mask = random_captions(g, (n, 2), length, vocab)
     views = [torch.randn(n, 3, 32, 32, generator=g)] + [torch.randn(n, 3, 16, 16, generator=g)
                                                          for _ in range(num_local)]
     masked = torch.zeros(n, 16, dtype=torch.bool)
@@ -197,43 +195,23 @@ def test_centers_update_only_in_training_and_follow_the_teacher_mean():
 # DDP
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     model = make_model().train()
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    local = {k: ([x[half] for x in v] if isinstance(v, list) else v[half]) for k, v in batch.items()}
-    out = model(**local)
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "terms": {k: v.item() for k, v in out.metrics.items()}, "grads": grads,
-                "center": model.distillation.center.clone(), "patch_center": model.patch_distillation.center.clone()},
-               f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, make_batch(n=8, seed=1), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), terms={k: v.item() for k, v in out.metrics.items()}, grads=grads,
+              center=model.distillation.center.clone(), patch_center=model.patch_distillation.center.clone())
 
 
 def test_ddp_equals_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().train()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    terms = mean_over_ranks(ranks, "terms")
     for key in ("web_contrastive_loss", "synthetic_contrastive_loss", "distillation_loss", "masked_loss"):
-        got = (ranks[0]["terms"][key] + ranks[1]["terms"][key]) / 2
-        assert got == pytest.approx(out.metrics[key].item(), rel=1e-5), key
+        assert terms[key] == pytest.approx(out.metrics[key].item(), rel=1e-5), key
     for r in ranks:  # centers are all-reduced: every process holds the single-process center
         assert torch.allclose(r["center"], model.distillation.center, atol=1e-6)
         assert torch.allclose(r["patch_center"], model.patch_distillation.center, atol=1e-6)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------

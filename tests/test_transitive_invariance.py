@@ -14,7 +14,9 @@ from hf_ssl.modeling.transitive_invariance import (METHOD, TransitiveInvarianceC
 from hf_ssl.modeling.transitive_invariance.modeling_transitive_invariance import INTER, INTRA, NO_EDGE, TRANSITIVE
 from hf_ssl.modeling.transitive_invariance.views_transitive_invariance import frames_to_gray, ink_box, track_box
 from hf_ssl.training.data import build_view_generator
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import tiny_config
+from train_utils import loss_logs, tiny_training_run
 
 W = {"intra": 1.0, "inter": 1.0, "transitive": 1.0}
 
@@ -207,49 +209,32 @@ def test_clip_features_are_mean_of_frame_features():
 
 def _ddp_worker(rank, world_size, out_dir):
     model = _model(inter_start_step=0).train()
-    views = _patches(8)
-    half = slice(4 * rank, 4 * rank + 4)
-    out = model(pixel_values=[v[half] for v in views])
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.save({"loss": out.loss.detach(), "grads": grads, "types": out.logits}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, {"pixel_values": _patches(8)}, rank, world_size, average_grads=False)
+    save_rank(out_dir, rank, loss=out.loss.detach(), grads=grads, types=out.logits)
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = _model(inter_start_step=0).train()
-    out = model(pixel_values=_patches(8))
-    out.loss.backward()
+    out = forward_backward(model, {"pixel_values": _patches(8)})
     assert out.metrics["positives_per_anchor"].item() > 1.0  # the clustering edges are active
     # each process sees the same global graph (gathered k-means): its rows of the pair-type matrix
     # local rows of process r in the single-process output: its first patches, then its last patches
     rows = [torch.cat([torch.arange(4) + 4 * r, torch.arange(4) + 8 + 4 * r]) for r in range(2)]
     for r in range(2):
         torch.testing.assert_close(ranks[r]["types"], out.logits[rows[r]])
-    assert ((ranks[0]["loss"] + ranks[1]["loss"]) / 2).item() == pytest.approx(out.loss.item(), rel=1e-5)
-    for n, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close((ranks[0]["grads"][n] + ranks[1]["grads"][n]) / 2, p.grad, atol=1e-5,
-                                       rtol=1e-4)
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4, grads_averaged=False)
 
 
 def test_tiny_training_run(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     config = tiny_config("transitive_invariance", inter_start_step=1)
     torch.manual_seed(0)
     model = TransitiveInvarianceForSelfSupervisedPretraining(config)
     train = SSLViewDataset(load_image_stream(METHOD.default_dataset, shuffle_buffer=16), build_view_generator(config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=train)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, train, tmp_path / "run")
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert "transitive_loss" in logs[-1] and logs[-1]["track_displacement"] > 0 and int(model.step) == 3
     model.save_pretrained(tmp_path / "saved")

@@ -12,6 +12,7 @@ from hf_ssl.modeling.registry import get_method
 from hf_ssl.modeling.video_base import sinusoid_table, video_pixel_targets
 from hf_ssl.modeling.videomae import METHOD, SSLVideoMAEConfig, VideoMAEForSelfSupervisedPretraining
 from tiny_configs import tiny_config
+from train_utils import loss_logs, tiny_training_run
 
 
 def _model(**overrides):
@@ -171,20 +172,15 @@ def test_presets_follow_the_papers():
 def test_tiny_training_run_and_vanilla_export(tmp_path):
     from transformers import VideoMAEModel
 
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     config = tiny_config("videomae")
     torch.manual_seed(0)
     model = VideoMAEForSelfSupervisedPretraining(config)
     train = SSLViewDataset(load_image_stream(get_method("videomae").default_dataset, shuffle_buffer=16),
                            build_view_generator(config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=train)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, train, tmp_path / "run")
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert all(h["synthetic_clip_fraction"] == 0.0 for h in logs)
     model.eval().export_encoder(tmp_path / "enc")

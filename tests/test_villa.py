@@ -15,7 +15,11 @@ from hf_ssl.modeling.villa import (METHOD, ViLLAConfig, ViLLAForSelfSupervisedPr
                                    extract_mapping_inputs, find_attributes, fit_mapping_model, grid_boxes,
                                    region_attribute_assignments, region_text_contrastive_loss, roi_align,
                                    villa_mapping_loss, write_region_attribute_assignments)
+from ddp_utils import (assert_ddp_matches_single, average_over_processes_, forward_backward, mean_over_ranks, rank_rows,
+                       run_ranks, save_rank, shard_forward_backward)
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import loss_logs, tiny_training_run
+from vl_utils import random_captions
 
 
 def make_model(seed=0, **overrides):
@@ -25,12 +29,7 @@ def make_model(seed=0, **overrides):
 
 def make_batch(n=4, r=5, seed=0, length=16, vocab=600):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (n, r, length), generator=g)
-    lengths = torch.randint(3, length, (n, r), generator=g)
-    mask = (torch.arange(length) < lengths[..., None]).long()
-    ids[..., 0] = 0
-    ids.scatter_(2, (lengths - 1)[..., None], 1)
-    ids[mask == 0] = 2
+    ids, mask = random_captions(g, (n, r), length, vocab)
     boxes = torch.tensor(grid_boxes(32, 32, 2) + [[0.0, 0.0, 32.0, 32.0]]).expand(n, -1, -1).clone()
     valid = torch.ones(n, r, dtype=torch.bool)
     valid[0, 1] = valid[2, 3] = False
@@ -201,48 +200,29 @@ def test_model_loss_uses_roi_region_embeddings_and_frozen_parts():
 # DDP
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir):
-    import torch.distributed as dist
-
     model = make_model().eval()  # eval: per-process BatchNorm statistics would differ from the global batch's
-    batch = make_batch(n=8, seed=1)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
+    out, grads = shard_forward_backward(model, make_batch(n=8, seed=1), rank, world_size)
     torch.manual_seed(3)
     s = torch.randn(8, 5, requires_grad=True)
     lab = torch.rand(8, 5, generator=torch.Generator().manual_seed(4)) > 0.5
+    half = rank_rows(8, rank, world_size)
     m = villa_mapping_loss(s[half], lab[half])
     m.backward()
-    gs = s.grad.clone()
-    dist.all_reduce(gs)
-    torch.save({"loss": out.loss.item(), "grads": grads, "mapping": m.item(), "mapping_grad": gs / world_size},
-               f"{out_dir}/rank{rank}.pt")
+    mapping_grad = average_over_processes_({"s": s.grad.clone()}, world_size)["s"]
+    save_rank(out_dir, rank, loss=out.loss.item(), grads=grads, mapping=m.item(), mapping_grad=mapping_grad)
 
 
 def test_ddp_equals_single_process(tmp_path):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path)
     model = make_model().eval()
-    out = model(**make_batch(n=8, seed=1))
-    out.loss.backward()
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
+    out = forward_backward(model, make_batch(n=8, seed=1))
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
     torch.manual_seed(3)
     s = torch.randn(8, 5, requires_grad=True)
     lab = torch.rand(8, 5, generator=torch.Generator().manual_seed(4)) > 0.5
     m = villa_mapping_loss(s, lab)
     m.backward()
-    assert (ranks[0]["mapping"] + ranks[1]["mapping"]) / 2 == pytest.approx(m.item(), rel=1e-5)
+    assert mean_over_ranks(ranks, "mapping") == pytest.approx(m.item(), rel=1e-5)
     assert torch.allclose(ranks[0]["mapping_grad"], s.grad, atol=1e-6)
 
 
@@ -327,17 +307,12 @@ def test_bad_configs_and_inputs_raise():
 def test_tiny_trainer_run_and_save_load(tmp_path):
     from transformers import AutoModel
 
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    trainer = tiny_training_run(model, ds, tmp_path / "run", batch_size=8)
+    logs = loss_logs(trainer)
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     model.eval().save_pretrained(tmp_path / "ckpt")
     reloaded = AutoModel.from_pretrained(tmp_path / "ckpt").eval()

@@ -9,7 +9,10 @@ import torch.nn.functional as F
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.losses import hinge_ranking_loss
 from hf_ssl.modeling.vse import METHOD, VSEPPConfig, VSEPPForSelfSupervisedPretraining, retrieval_evaluate
+from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks, save_rank, shard_forward_backward
 from tiny_configs import TINY_CONFIGS, tiny_config
+from train_utils import tiny_training_run
+from vl_utils import image_text_batch
 
 
 def make_model(seed=0, **overrides):
@@ -18,14 +21,7 @@ def make_model(seed=0, **overrides):
 
 
 def make_batch(n=4, seed=0, length=16, vocab=600):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, vocab, (n, length), generator=g)
-    lengths = torch.randint(3, length, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    input_ids[:, 0] = 0
-    input_ids[torch.arange(n), lengths - 1] = 1
-    input_ids[mask == 0] = 2
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": input_ids, "attention_mask": mask}
+    return image_text_batch(n, seed, length, vocab)
 
 
 def hand_hinge(img, txt, margin=0.2, max_violation=True):
@@ -132,40 +128,21 @@ def test_sum_of_hinges_option_and_transformer_text_encoder():
 # DDP: hardest negatives over the gathered batch
 # ----------------------------------------------------------------------------------------------------
 def _ddp_worker(rank, world_size, out_dir, max_violation):
-    import torch.distributed as dist
-
     model = make_model(max_violation=max_violation).eval()
-    batch = make_batch(n=8, seed=2)
-    half = slice(rank * 4, (rank + 1) * 4)
-    out = model(**{k: v[half] for k, v in batch.items()})
-    out.loss.backward()
-    grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            g = p.grad.clone()
-            dist.all_reduce(g)
-            grads[name] = g / world_size
-    torch.save({"loss": out.loss.item(), "scores": out.logits, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    out, grads = shard_forward_backward(model, make_batch(n=8, seed=2), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), scores=out.logits, grads=grads)
 
 
 @pytest.mark.parametrize("max_violation", [True])
 def test_ddp_hardest_negatives_over_gathered_batch(tmp_path, max_violation):
-    from ddp_utils import run_distributed
-
-    run_distributed(_ddp_worker, tmp_path, str(tmp_path), max_violation, world_size=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(_ddp_worker, tmp_path, max_violation)
     model = make_model(max_violation=max_violation).eval()
-    batch = make_batch(n=8, seed=2)
-    out = model(**batch)
-    out.loss.backward()
+    out = forward_backward(model, make_batch(n=8, seed=2))
     assert ranks[0]["scores"].shape == (4, 8)  # each process searches negatives among all 8 captions
     assert torch.allclose(torch.cat([r["scores"] for r in ranks]), out.logits, atol=1e-5)
     hardest_cols = out.logits.masked_fill(torch.eye(8, dtype=torch.bool), -2).argmax(1)
     assert ((hardest_cols[:4] >= 4).any() or (hardest_cols[4:] < 4).any())  # some hardest negative is remote
-    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(out.loss.item(), rel=1e-5)
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(ranks[0]["grads"][name], p.grad, atol=1e-5, rtol=1e-3), name
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,16 +169,11 @@ def test_bad_config_and_inputs_raise():
 
 
 def test_retrieval_evaluation_and_tiny_training(tmp_path):
-    from hf_ssl.training.arguments import SSLTrainingArguments
     from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
-    from hf_ssl.training.trainer import SSLTrainer
 
     model = make_model()
     ds = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(model.config))
-    args = SSLTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
-                                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = SSLTrainer(model=model, args=args, train_dataset=ds)
-    trainer.train()
+    trainer = tiny_training_run(model, ds, tmp_path, batch_size=8)
     logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3 and all(np.isfinite(logs))
     res = retrieval_evaluate(model, max_samples=40, k=(1, 5))

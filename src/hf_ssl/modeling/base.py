@@ -124,6 +124,20 @@ class SSLConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be > 0, got {value}")
 
     @staticmethod
+    def _check_non_negative(**values):
+        """Loss weights, margins and the like: each value must be >= 0."""
+        for name, value in values.items():
+            if value is None or value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    @staticmethod
+    def _check_integer(minimum, **values):
+        """Counts, widths and depths: each value must be an int (not a bool) >= `minimum`."""
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+    @staticmethod
     def _check_range(name, value, low, high, low_inclusive=True, high_inclusive=False):
         ok_low = value >= low if low_inclusive else value > low
         ok_high = value <= high if high_inclusive else value < high

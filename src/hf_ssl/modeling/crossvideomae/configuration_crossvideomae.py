@@ -133,9 +133,8 @@ class CrossVideoMAEConfig(VideoSSLConfig):
         if self.image_decoder_hidden_size % self.image_decoder_num_heads or self.image_decoder_hidden_size % 4:
             raise ValueError("image_decoder_hidden_size must be divisible by image_decoder_num_heads and by 4")
         self._check_positive(contrastive_temperature=self.contrastive_temperature)
-        for name in ("intra_weight", "cross_weight", "image_reconstruction_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._check_non_negative(intra_weight=self.intra_weight, cross_weight=self.cross_weight,
+                                 image_reconstruction_weight=self.image_reconstruction_weight)
 
 
 __all__ = ["CrossVideoMAEConfig"]

@@ -65,9 +65,9 @@ class DreamLIPConfig(CLIPSSLConfig):
         super().validate_ssl()
         if int(self.num_subcaptions) < 1 or int(self.subcaption_merge) < 1:
             raise ValueError("num_subcaptions and subcaption_merge must be >= 1")
-        for name in ("contrastive_loss_weight", "multi_positive_loss_weight", "grouping_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._check_non_negative(contrastive_loss_weight=self.contrastive_loss_weight,
+                                 multi_positive_loss_weight=self.multi_positive_loss_weight,
+                                 grouping_loss_weight=self.grouping_loss_weight)
         if self.contrastive_loss_weight + self.multi_positive_loss_weight + self.grouping_loss_weight <= 0:
             raise ValueError("at least one loss weight must be positive")
         self._check_range("circle_margin", self.circle_margin, 0.0, 1.0)

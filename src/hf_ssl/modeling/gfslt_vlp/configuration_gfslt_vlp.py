@@ -161,8 +161,7 @@ class GFSLTVLPConfig(VideoSSLConfig, CLIPSSLConfig):
             raise ValueError(f"decoder_condition must be 'text' or 'visual', got {self.decoder_condition!r}")
         if self.mlm_loss_tokens not in ("all", "masked"):
             raise ValueError(f"mlm_loss_tokens must be 'all' or 'masked', got {self.mlm_loss_tokens!r}")
-        if self.mlm_weight < 0:
-            raise ValueError(f"mlm_weight must be >= 0, got {self.mlm_weight}")
+        self._check_non_negative(mlm_weight=self.mlm_weight)
         self._check_range("mlm_label_smoothing", self.mlm_label_smoothing, 0.0, 1.0)
         if not self.text_projection and self.projection_dim != self.text_hidden_size:
             raise ValueError(f"without a text projection (official identity head) projection_dim "

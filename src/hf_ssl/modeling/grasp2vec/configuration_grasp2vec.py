@@ -96,8 +96,7 @@ class Grasp2VecConfig(SSLConfig):
     def validate_ssl(self) -> None:
         super().validate_ssl()
         self._check_positive(scene_size=self.scene_size)
-        if self.npairs_reg_lambda < 0:
-            raise ValueError(f"npairs_reg_lambda must be >= 0, got {self.npairs_reg_lambda}")
+        self._check_non_negative(npairs_reg_lambda=self.npairs_reg_lambda)
         for name, cfg in (("backbone_config", self.backbone_config), ("scene_backbone_config",
                                                                       self.scene_backbone_config)):
             if backbone_family(cfg) not in ("convnet", "vit", "swin"):

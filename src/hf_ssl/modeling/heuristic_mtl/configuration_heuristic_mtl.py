@@ -112,10 +112,9 @@ class HeuristicMTLConfig(SSLConfig):
 
     def validate_ssl(self) -> None:
         super().validate_ssl()
-        for name in ("contrastive_weight", "mim_weight", "classification_weight", "segmentation_weight"):
-            value = getattr(self, name)
-            if value is None or value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        self._check_non_negative(contrastive_weight=self.contrastive_weight, mim_weight=self.mim_weight,
+                                 classification_weight=self.classification_weight,
+                                 segmentation_weight=self.segmentation_weight)
         if not any(getattr(self, n) > 0 for n in ("contrastive_weight", "mim_weight", "classification_weight",
                                                    "segmentation_weight")):
             raise ValueError("at least one task weight must be > 0")

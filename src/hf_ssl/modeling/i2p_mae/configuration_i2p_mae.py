@@ -104,8 +104,7 @@ class I2PMAEConfig(SSLConfig):
             raise ValueError("I2P-MAE pools point tokens by their mean (feature_pooling='mean'); there is no CLS token")
         self._check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, low_inclusive=False)
         self._check_positive(saliency_temperature=self.saliency_temperature, loss_3d_weight=self.loss_3d_weight)
-        if self.loss_2d_weight < 0:
-            raise ValueError(f"loss_2d_weight must be >= 0, got {self.loss_2d_weight}")
+        self._check_non_negative(loss_2d_weight=self.loss_2d_weight)
         for name in ("num_points", "num_groups", "group_size", "decoder_hidden_size", "decoder_depth",
                      "decoder_num_heads", "projection_densify"):
             value = getattr(self, name)

@@ -95,10 +95,8 @@ class ISRConfig(SSLConfig):
         if self.reliability not in ("dual_softmax", "similarity"):
             raise ValueError(f"reliability must be 'dual_softmax' or 'similarity', got {self.reliability!r}")
         self._check_range("reliability_threshold", self.reliability_threshold, 0.0, 1.0)
-        for name in ("min_frame_gap", "max_frame_gap", "max_instances", "min_instance_area"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._check_integer(1, min_frame_gap=self.min_frame_gap, max_frame_gap=self.max_frame_gap,
+                            max_instances=self.max_instances, min_instance_area=self.min_instance_area)
         if self.min_frame_gap > self.max_frame_gap:
             raise ValueError(f"min_frame_gap ({self.min_frame_gap}) must be <= max_frame_gap ({self.max_frame_gap})")
         if not isinstance(self.crop_margin, int) or self.crop_margin < 0:

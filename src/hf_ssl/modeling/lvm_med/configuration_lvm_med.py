@@ -109,20 +109,15 @@ class LVMMedConfig(SSLConfig):
 
     def validate_ssl(self) -> None:
         super().validate_ssl()
-        for name in ("projection_hidden_dim", "projection_dim", "projection_layers", "num_neighbors", "local_dim",
-                     "local_grid_size", "sinkhorn_iterations"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("message_passing_layers", "solver_iterations", "graduated_assignment_iterations"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self._check_integer(1, projection_hidden_dim=self.projection_hidden_dim, projection_dim=self.projection_dim,
+                            projection_layers=self.projection_layers, num_neighbors=self.num_neighbors,
+                            local_dim=self.local_dim, local_grid_size=self.local_grid_size,
+                            sinkhorn_iterations=self.sinkhorn_iterations)
+        self._check_integer(0, message_passing_layers=self.message_passing_layers,
+                            solver_iterations=self.solver_iterations,
+                            graduated_assignment_iterations=self.graduated_assignment_iterations)
         self._check_range("local_affinity_weight", self.local_affinity_weight, 0.0, 1.0, high_inclusive=True)
-        if self.edge_affinity_weight is None or self.edge_affinity_weight < 0:
-            raise ValueError(f"edge_affinity_weight must be >= 0, got {self.edge_affinity_weight}")
-        if self.matching_margin is None or self.matching_margin < 0:
-            raise ValueError(f"matching_margin must be >= 0, got {self.matching_margin}")
+        self._check_non_negative(edge_affinity_weight=self.edge_affinity_weight, matching_margin=self.matching_margin)
         self._check_positive(blackbox_lambda=self.blackbox_lambda, sinkhorn_temperature=self.sinkhorn_temperature)
         if self.matching_solver not in MATCHING_SOLVERS:
             raise ValueError(f"matching_solver must be one of {MATCHING_SOLVERS}, got {self.matching_solver!r}")

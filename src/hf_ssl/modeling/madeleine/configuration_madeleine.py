@@ -92,8 +92,7 @@ class MadeleineConfig(SSLConfig):
     def validate_ssl(self) -> None:
         super().validate_ssl()
         self._check_positive(contrastive_temperature=self.contrastive_temperature)
-        if self.local_loss_weight < 0:
-            raise ValueError(f"local_loss_weight must be >= 0, got {self.local_loss_weight}")
+        self._check_non_negative(local_loss_weight=self.local_loss_weight)
         for name in ("tile_size", "max_tiles", "wsi_hidden_dim", "num_heads", "token_dim", "stain_encoding_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -51,8 +51,7 @@ class ModXConfig(CLIPSSLConfig):
     def validate_ssl(self) -> None:
         super().validate_ssl()
         self._check_positive(distillation_temperature=self.distillation_temperature)
-        if self.distillation_weight is None or self.distillation_weight < 0:
-            raise ValueError(f"distillation_weight must be >= 0, got {self.distillation_weight}")
+        self._check_non_negative(distillation_weight=self.distillation_weight)
         if self.distillation_reduction not in ("sum", "mean"):
             raise ValueError(f"distillation_reduction must be 'sum' or 'mean', got {self.distillation_reduction!r}")
         if self.old_model_name_or_path is not None and not isinstance(self.old_model_name_or_path, str):

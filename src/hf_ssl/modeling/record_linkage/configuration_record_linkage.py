@@ -72,9 +72,7 @@ class RecordLinkageConfig(CLIPSSLConfig):
     def validate_ssl(self) -> None:
         super().validate_ssl()
         self._check_positive(linkage_temperature=self.linkage_temperature)
-        for name in ("linkage_weight", "alignment_weight"):
-            if getattr(self, name) is None or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._check_non_negative(linkage_weight=self.linkage_weight, alignment_weight=self.alignment_weight)
         if self.linkage_weight == 0 and self.alignment_weight == 0:
             raise ValueError("linkage_weight and alignment_weight cannot both be 0")
         self._check_range("image_weight", self.image_weight, 0.0, 1.0, high_inclusive=True)

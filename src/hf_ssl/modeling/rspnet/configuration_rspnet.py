@@ -86,8 +86,7 @@ class RSPNetConfig(VideoSSLConfig):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self._check_positive(contrastive_temperature=self.contrastive_temperature)
         self._check_range("teacher_momentum", self.teacher_momentum, 0.0, 1.0, high_inclusive=True)
-        if self.ranking_margin < 0:
-            raise ValueError(f"ranking_margin must be >= 0, got {self.ranking_margin}")
+        self._check_non_negative(ranking_margin=self.ranking_margin)
         if self.avid_weight < 0 or self.rsp_weight < 0 or self.avid_weight + self.rsp_weight == 0:
             raise ValueError("avid_weight and rsp_weight must be >= 0 and not both 0")
 

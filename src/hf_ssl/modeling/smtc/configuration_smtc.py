@@ -99,11 +99,9 @@ class SMTCConfig(SSLConfig):
         if backbone_family(self.backbone_config) != "vit":
             raise ValueError(f"SMTC encodes every frame with a ViT (DINO ViT-S/16 in the paper); got model_type "
                              f"{self.backbone_config.model_type!r}")
-        for name in ("num_frames", "sampling_rate", "num_slots", "num_instances", "slot_iterations",
-                     "sinkhorn_iterations"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._check_integer(1, num_frames=self.num_frames, sampling_rate=self.sampling_rate, num_slots=self.num_slots,
+                            num_instances=self.num_instances, slot_iterations=self.slot_iterations,
+                            sinkhorn_iterations=self.sinkhorn_iterations)
         if self.num_frames < 2:
             raise ValueError("SMTC's temporal correspondence needs num_frames >= 2")
         if self.num_slots < 2:
@@ -117,9 +115,8 @@ class SMTCConfig(SSLConfig):
             raise ValueError(f"slot_mlp_hidden_dim must be None or an integer >= 1, got {self.slot_mlp_hidden_dim!r}")
         self._check_range("teacher_momentum", self.teacher_momentum, 0.0, 1.0, high_inclusive=True)
         self._check_positive(sinkhorn_epsilon=self.sinkhorn_epsilon)
-        for name in ("diversity_weight", "consistency_weight", "instance_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._check_non_negative(diversity_weight=self.diversity_weight, consistency_weight=self.consistency_weight,
+                                 instance_weight=self.instance_weight)
         if self.diversity_weight + self.consistency_weight + self.instance_weight == 0:
             raise ValueError("at least one of diversity_weight, consistency_weight, instance_weight must be > 0")
         for name in ("semantic_mask_threshold", "valid_area_threshold"):

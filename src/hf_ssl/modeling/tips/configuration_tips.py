@@ -107,11 +107,10 @@ class TIPSConfig(CLIPSSLConfig):
         if self.backbone_config.model_type != "vit":
             raise ValueError(f"TIPS needs a ViT image encoder (two image tokens + patch tokens), got "
                              f"{self.backbone_config.model_type!r}")
-        weights = ("web_caption_loss_weight", "synthetic_caption_loss_weight", "distillation_loss_weight",
-                   "masked_loss_weight")
-        for name in weights:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self._check_non_negative(web_caption_loss_weight=self.web_caption_loss_weight,
+                                 synthetic_caption_loss_weight=self.synthetic_caption_loss_weight,
+                                 distillation_loss_weight=self.distillation_loss_weight,
+                                 masked_loss_weight=self.masked_loss_weight)
         if self.web_caption_loss_weight + self.synthetic_caption_loss_weight <= 0:
             raise ValueError("at least one of the two contrastive (caption) losses needs a positive weight")
         self._check_positive(head_out_dim=self.head_out_dim, head_hidden_dim=self.head_hidden_dim,

@@ -95,17 +95,14 @@ class TransitiveInvarianceConfig(SSLConfig):
 
     def validate_ssl(self) -> None:
         super().validate_ssl()
-        for name in ("num_frames", "projection_hidden_dim", "projection_dim", "num_hard_negatives",
-                     "instances_per_cluster", "kmeans_iterations", "sampling_rate", "search_radius"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._check_integer(1, num_frames=self.num_frames, projection_hidden_dim=self.projection_hidden_dim,
+                            projection_dim=self.projection_dim, num_hard_negatives=self.num_hard_negatives,
+                            instances_per_cluster=self.instances_per_cluster, kmeans_iterations=self.kmeans_iterations,
+                            sampling_rate=self.sampling_rate, search_radius=self.search_radius)
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 (a track needs a first and a last patch), got {self.num_frames}")
-        for name in ("inter_start_step", "hard_negative_start_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self._check_integer(0, inter_start_step=self.inter_start_step,
+                            hard_negative_start_step=self.hard_negative_start_step)
         self._check_range("margin", self.margin, 0.0, 2.0, low_inclusive=False, high_inclusive=True)
         weights = (self.intra_weight, self.inter_weight, self.transitive_weight)
         if any(w < 0 for w in weights) or sum(weights) == 0:
