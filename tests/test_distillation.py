@@ -82,3 +82,67 @@ def test_center_is_synchronised_across_processes(tmp_path):
     for r in range(2):
         assert torch.allclose(torch.load(tmp_path / f"center{r}.pt"), single.center, atol=1e-6)
     assert math.isclose(float(single.center.sum()), float(0.1 * full.mean(0).sum()), rel_tol=1e-5)
+
+
+def test_last_layer_init_is_official_nn_linear_default():
+    """Official DINO builds the weight-normalised last layer after applying its trunc-normal(0.02) init to the MLP, so
+    the direction `v` keeps nn.Linear's kaiming-uniform default (row norm ~ 1/sqrt(3) whatever the width). A std-0.02
+    init (row norm 0.02 * sqrt(in_dim)) made every optimizer step turn the prototypes several times faster."""
+    torch.manual_seed(3)
+    layer = NormalizedLinear(64, 32)
+    torch.manual_seed(3)
+    reference = torch.nn.Linear(64, 32, bias=False)
+    assert torch.equal(layer.weight, reference.weight)
+    # inside a model, post_init must not re-initialise it (the MLP layers do get trunc-normal 0.02)
+    from hf_ssl.modeling.cmd import CMDConfig, CMDForSelfSupervisedPretraining
+
+    torch.manual_seed(0)
+    model = CMDForSelfSupervisedPretraining(CMDConfig(
+        backbone_config=dict(model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, patch_size=8),
+        image_size=32, head_out_dim=256, head_hidden_dim=64, head_bottleneck_dim=64, mil_attention_dim=16))
+    rows = model.head.last_layer.weight.detach().norm(dim=1)
+    assert abs(float(rows.mean()) - 3 ** -0.5) < 0.03  # std-0.02 init would give 0.16
+    assert float(model.head.last_layer.weight.abs().max()) <= 64 ** -0.5 + 1e-6
+    assert abs(float(model.head.mlp[0].weight.std()) - 0.02) < 0.003
+    assert torch.equal(model.teacher_head.last_layer.weight, model.head.last_layer.weight)
+
+
+def test_last_layer_is_frozen_for_the_first_steps(tmp_path):
+    """`SSLTrainingArguments.freeze_last_layer_steps` (official `--freeze_last_layer`): the prototypes of every DINO
+    head stay exactly as initialised during the first N optimizer steps while the rest of the student trains, and
+    move afterwards."""
+    from transformers import TrainerCallback
+
+    from hf_ssl.modeling.cmd import METHOD, CMDForSelfSupervisedPretraining
+    from hf_ssl.training.arguments import SSLTrainingArguments
+    from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
+    from hf_ssl.training.trainer import SSLTrainer
+
+    with pytest.raises(ValueError, match="freeze_last_layer_steps"):
+        SSLTrainingArguments(output_dir=str(tmp_path / "bad"), freeze_last_layer_steps=-1)
+    config = METHOD.make_config("cpu-demo", backbone_config=dict(
+        model_type="vit", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        patch_size=8), head_out_dim=32, head_hidden_dim=32, head_bottleneck_dim=16, mil_attention_dim=16)
+    torch.manual_seed(0)
+    model = CMDForSelfSupervisedPretraining(config)
+    watched = {"last": model.head.last_layer.weight, "region_last": model.region_head.last_layer.weight,
+               "mlp": model.head.mlp[0].weight}
+    snapshots = [{k: v.detach().clone() for k, v in watched.items()}]
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            snapshots.append({k: v.detach().clone() for k, v in watched.items()})
+
+    train = SSLViewDataset(load_image_stream("builtin:digits", shuffle_buffer=16), build_view_generator(config))
+    args = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8,
+                                learning_rate=1e-3, weight_decay=0.04, freeze_last_layer_steps=2, logging_steps=1,
+                                save_strategy="no", disable_tqdm=True)
+    SSLTrainer(model=model, args=args, train_dataset=train, callbacks=[Snapshot()]).train()
+    assert len(snapshots) == 4
+    for step in (1, 2):  # frozen: not even weight decay touches the prototypes
+        assert torch.equal(snapshots[step]["last"], snapshots[0]["last"])
+        assert torch.equal(snapshots[step]["region_last"], snapshots[0]["region_last"])
+        assert not torch.equal(snapshots[step]["mlp"], snapshots[step - 1]["mlp"])
+    assert not torch.equal(snapshots[3]["last"], snapshots[2]["last"])
+    assert not torch.equal(snapshots[3]["region_last"], snapshots[2]["region_last"])

@@ -10,10 +10,13 @@ Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO
   teacher's batch-mean output over ALL processes (`all_reduce`), updated after the loss is computed.
 * Teacher temperature warm-up and the EMA momentum schedule come from `momentum.warmup_then_constant` and
   `momentum.cosine_schedule`; the teacher is an EMA copy updated with `momentum.ema_update_`.
+* First-epoch freezing of the last layer: `SSLTrainingArguments.freeze_last_layer_steps` (the trainer's
+  `FreezeLastLayerCallback` applies `cancel_last_layer_gradients_` to every `DINOHead` after clipping).
 """
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -31,7 +34,12 @@ class NormalizedLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, learn_scale: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        # Official DINO builds the last layer after `DINOHead.apply(_init_weights)`, so its direction `v` keeps
+        # `nn.Linear`'s default init (kaiming-uniform, a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)), row norm ~ 1/sqrt(3))
+        # rather than the MLP's truncated normal (std 0.02, row norm 0.02 * sqrt(in)). Because the forward pass
+        # normalises each row, the init scale only sets how fast the prototypes turn: an (Adam) step of size lr moves
+        # a row's direction by about lr / ||v||, i.e. 3.6x faster with std 0.02 at in_dim 64 than officially.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.scale = nn.Parameter(torch.ones(out_dim, 1)) if learn_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,11 @@ class SSLTrainingArguments(TrainingArguments):
     weight_decay_end: Optional[float] = field(
         default=None, metadata={"help": "If set, weight decay follows a cosine from weight_decay to this value (DINO)."}
     )
+    freeze_last_layer_steps: int = field(
+        default=0,
+        metadata={"help": "DINO's `--freeze_last_layer`: drop the gradients of every DINO head's last (prototype) layer "
+                          "during the first N optimizer steps (official: one epoch); 0 = off."},
+    )
     use_lars: bool = field(default=False, metadata={"help": "Use LARS (SwAV/SimCLR/BYOL large-batch optimizer)."})
     lars_eta: float = field(default=0.001, metadata={"help": "LARS trust coefficient."})
     lars_momentum: float = field(default=0.9, metadata={"help": "LARS momentum."})
@@ -57,6 +62,9 @@ class SSLTrainingArguments(TrainingArguments):
 
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per DataLoader
+        if isinstance(self.freeze_last_layer_steps, bool) or not isinstance(self.freeze_last_layer_steps, int) \
+                or self.freeze_last_layer_steps < 0:
+            raise ValueError(f"freeze_last_layer_steps must be an integer >= 0, got {self.freeze_last_layer_steps!r}")
         if self.knn_k < 1:
             raise ValueError("knn_k must be >= 1")
         if self.knn_temperature <= 0:

@@ -42,6 +42,25 @@ class WeightDecayScheduleCallback(TrainerCallback):
                 group["weight_decay"] = wd
 
 
+class FreezeLastLayerCallback(TrainerCallback):
+    """DINO's first-epoch freezing of the head's last layer (official `utils.cancel_gradients_last_layer`, called
+    after gradient clipping and before the optimizer step): while `state.global_step < args.freeze_last_layer_steps`
+    the gradients of the last (prototype) layer of every `distillation.DINOHead` in the model are set to None, so the
+    optimizer leaves those weights untouched (no update, no weight decay). Early in training the teacher's centred
+    targets are close to uniform; prototypes free to move can then arrange themselves so that the student's output
+    is uniform for every image, a collapse that fixed prototypes rule out."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        steps = int(getattr(args, "freeze_last_layer_steps", 0) or 0)
+        if model is None or state.global_step >= steps:
+            return
+        from ..modeling.distillation import DINOHead, cancel_last_layer_gradients_
+
+        for module in _unwrap(model).modules():
+            if isinstance(module, DINOHead):
+                cancel_last_layer_gradients_(module)
+
+
 class LossCurveCallback(TrainerCallback):
     """Writes `loss_curve.png` (training loss and, when evaluated, k-NN accuracy) into `output_dir` at the
     end of training; the model card links it."""

@@ -112,6 +112,8 @@ def run_pretraining(method: str = DEFAULT_METHOD, dataset: Optional[str] = None,
                   save_steps=save_steps or max_steps, save_total_limit=2, seed=seed,
                   dataloader_num_workers=num_workers, eval_strategy="steps" if eval_steps else "no",
                   eval_steps=eval_steps)
+    # any other demo_training key is a trainer argument of the demo run (e.g. `freeze_last_layer_steps`)
+    kwargs.update({k: v for k, v in demo.items() if k not in ("max_steps", "learning_rate")})
     kwargs.update(extra_args or {})
     args = SSLTrainingArguments(**kwargs)
 

@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .callbacks import LossCurveCallback, StepHookCallback, WeightDecayScheduleCallback
+from .callbacks import FreezeLastLayerCallback, LossCurveCallback, StepHookCallback, WeightDecayScheduleCallback
 from .data import SSLDataCollator
 from .device_augment import FLAG as DEVICE_FLAG
 from .device_augment import DevicePhotometricAugment
@@ -41,7 +41,8 @@ class SSLTrainer(Trainer):
             args = SSLTrainingArguments(output_dir="hf-ssl-runs/run")
         if knn_eval_dataset is not None:
             kwargs.setdefault("eval_dataset", knn_eval_dataset)  # evaluate() uses the k-NN streams
-        callbacks = [StepHookCallback(), WeightDecayScheduleCallback(), LossCurveCallback()] + list(callbacks or [])
+        callbacks = [StepHookCallback(), WeightDecayScheduleCallback(), FreezeLastLayerCallback(),
+                     LossCurveCallback()] + list(callbacks or [])
         super().__init__(model=model, args=args, train_dataset=train_dataset,
                          data_collator=data_collator or SSLDataCollator(), callbacks=callbacks, **kwargs)
         self.knn_train_dataset = knn_train_dataset
