@@ -75,7 +75,8 @@ class MethodSpec:
     family: str = ""  # "clustering", "contrastive", "masked image modeling", ...
     description: str = ""
     presets: Dict[str, dict] = field(default_factory=dict)  # named config presets (e.g. SEER for SwAV)
-    # trainer settings of the "cpu-demo" run (`hf-ssl pretrain` defaults): max_steps, learning_rate
+    # trainer settings of the "cpu-demo" run (`hf-ssl pretrain` defaults): max_steps, learning_rate, and optionally
+    # any other `SSLTrainingArguments` field (e.g. freeze_last_layer_steps)
     demo_training: Dict[str, float] = field(default_factory=dict)
     # the dataset `hf-ssl pretrain --method <name>` and the reliability battery use when none is given
     # (a built-in source such as "builtin:digits"; video / volume methods name their own built-in data)
