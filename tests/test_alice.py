@@ -173,6 +173,42 @@ def test_teacher_gets_no_gradient_and_every_student_part_does():
     assert float(out.loss) == pytest.approx(float(m["loss_global"] + m["loss_cafa"] + 10 * m["loss_mim"]), rel=1e-5)
 
 
+def test_last_layer_freeze_reaches_both_last_layers(tmp_path):
+    """`AliceHead` is a `DINOHead`, so the trainer's `freeze_last_layer_steps` drops the gradients of the global AND
+    the patch last layer (official `cancel_gradients_last_layer`: every parameter named `last_layer*`) and nothing
+    else; after the freeze they train again."""
+    from types import SimpleNamespace
+
+    from hf_ssl.modeling.distillation import DINOHead
+    from hf_ssl.training.arguments import SSLTrainingArguments
+    from hf_ssl.training.callbacks import FreezeLastLayerCallback
+    from hf_ssl.training.data import SSLViewDataset, build_view_generator, load_image_stream
+    from hf_ssl.training.trainer import SSLTrainer
+
+    model = _model().train()
+    assert isinstance(model.head, DINOHead)
+    model(**_batch()).loss.backward()
+    callback, args = FreezeLastLayerCallback(), SimpleNamespace(freeze_last_layer_steps=2)
+    callback.on_pre_optimizer_step(args, SimpleNamespace(global_step=2), None, model=model)  # past the freeze
+    assert model.head.last_layer.weight.grad is not None and model.head.last_layer_patch.weight.grad is not None
+    callback.on_pre_optimizer_step(args, SimpleNamespace(global_step=1), None, model=model)
+    assert model.head.last_layer.weight.grad is None and model.head.last_layer_patch.weight.grad is None
+    assert model.head.mlp[0].weight.grad.abs().sum() > 0 and model.mask_token.grad.abs().sum() > 0
+
+    model = _model()
+    frozen = {n: p.detach().clone() for n, p in model.head.named_parameters()}
+    ds = SSLViewDataset(load_image_stream(METHOD.default_dataset, split="train", shuffle_buffer=16),
+                        build_view_generator(model.config), image_mode=None)
+    targs = SSLTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                                 save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-3,
+                                 freeze_last_layer_steps=2, report_to=[])
+    SSLTrainer(model=model, args=targs, train_dataset=ds).train()
+    after = dict(model.head.named_parameters())
+    assert torch.equal(after["last_layer.weight"], frozen["last_layer.weight"])
+    assert torch.equal(after["last_layer_patch.weight"], frozen["last_layer_patch.weight"])
+    assert not torch.equal(after["mlp.0.weight"], frozen["mlp.0.weight"])
+
+
 def test_ema_update_and_schedules():
     model = _model(teacher_momentum=0.9, teacher_temperature_warmup_fraction=0.5).train()
     teacher_before = {n: p.detach().clone() for n, p in model.teacher_encoder.named_parameters()}

@@ -118,9 +118,13 @@ class SelfDistillationLoss(nn.Module):
 
 
 def cancel_last_layer_gradients_(head: DINOHead) -> None:
-    """DINO freezes the last layer during the first epoch: drop its gradients before the optimizer step."""
-    for p in head.last_layer.parameters():
-        p.grad = None
+    """DINO freezes the last layer during the first epoch: drop its gradients before the optimizer step. Every last
+    layer of the head is frozen (children named `last_layer*`, e.g. a separate patch last layer as in iBOT / Alice,
+    like the official `"last_layer" in name` test); a plain `DINOHead` has just `last_layer`."""
+    for name, module in head.named_children():
+        if name.startswith("last_layer"):
+            for p in module.parameters():
+                p.grad = None
 
 
 def matched_region_distillation(student_logits: torch.Tensor, student_features: torch.Tensor,

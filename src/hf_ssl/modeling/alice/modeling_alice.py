@@ -48,15 +48,15 @@ def video_forward_with_mask_token(encoder: nn.Module, video: torch.Tensor, mask:
     return encoder.layernorm(tokens) if encoder.layernorm is not None else tokens
 
 
-class AliceHead(nn.Module):
+class AliceHead(DINOHead):
     """iBOT/Alice head: a shared DINO MLP (-> L2-normalised bottleneck) with one weight-normalised last layer for
-    the global ([CLS]) output and one for patch tokens (official `AliceHead`, `shared_head=False`)."""
+    the global ([CLS]) output and one for patch tokens (official `AliceHead`, `shared_head=False`). A `DINOHead`
+    subclass, so the trainer's first-steps freezing (`freeze_last_layer_steps`) reaches both last layers, as the
+    official `cancel_gradients_last_layer` (every parameter named `last_layer*`) does."""
 
     def __init__(self, in_dim: int, out_dim: int, patch_out_dim: int, hidden_dim: int, bottleneck_dim: int,
                  norm_last_layer: bool = True):
-        super().__init__()
-        dino = DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
-        self.mlp, self.last_layer = dino.mlp, dino.last_layer
+        super().__init__(in_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
         self.last_layer_patch = NormalizedLinear(bottleneck_dim, patch_out_dim, learn_scale=not norm_last_layer)
 
     def forward_global(self, x: torch.Tensor) -> torch.Tensor:
