@@ -9,6 +9,7 @@ from PIL import Image
 
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.crossvideomae import CrossVideoMAEConfig, CrossVideoMAEForSelfSupervisedPretraining, METHOD
+from hf_ssl.modeling.crossvideomae.modeling_crossvideomae import pair_top1
 from hf_ssl.modeling.losses import nt_xent
 from hf_ssl.modeling.masking import random_mask_torch, tube_mask_torch
 from hf_ssl.training.data import build_view_generator
@@ -61,6 +62,11 @@ def test_loss_is_the_sum_of_reconstruction_intra_and_cross_terms():
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.metrics["cross_modal_loss"].item() == pytest.approx(cross.item(), rel=1e-5)
     assert out.metrics["intra_modal_loss"].item() == pytest.approx(intra.item(), rel=1e-5)
+    # logged retrieval accuracy of the pairings: row i of z1 finds row i of z2 (chance 1 / B)
+    sim = torch.nn.functional.normalize(z1, dim=1) @ torch.nn.functional.normalize(z2, dim=1).t()
+    top1 = (sim.argmax(dim=1) == torch.arange(4)).float().mean()
+    assert out.metrics["intra_modal_top1"].item() == pytest.approx(top1.item())
+    assert pair_top1(z1, z1).item() == 1.0 and pair_top1(z1, z1.flip(0)).item() == 0.0
     # the image loss covers masked patches only: changing visible-patch pixels changes the encoder input, changing
     # masked-patch pixels changes only the reconstruction target
     frames = inputs["pixel_values"].clone()

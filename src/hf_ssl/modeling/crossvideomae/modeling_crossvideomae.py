@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
@@ -27,6 +28,15 @@ from ..masking import mask_to_index, random_mask_torch, resolve_patch_mask, tube
 from ..outputs import SSLOutput
 from ..video_base import VideoMAEPixelDecoder, VideoSSLPreTrainedModel, video_pixel_targets
 from .configuration_crossvideomae import CrossVideoMAEConfig
+
+
+@torch.no_grad()
+def pair_top1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows `a[i]` whose most cosine-similar row of `b` (same local batch) is `b[i]`: the retrieval
+    accuracy of the contrastive pairing (chance 1 / batch), logged as `intra_modal_top1` / `cross_modal_top1`."""
+    a, b = F.normalize(a.detach().float(), dim=1), F.normalize(b.detach().float(), dim=1)
+    target = torch.arange(a.shape[0], device=a.device)
+    return ((a @ b.t()).argmax(dim=1) == target).float().mean()
 
 
 class CrossVideoMAEForSelfSupervisedPretraining(VideoSSLPreTrainedModel):
@@ -154,11 +164,13 @@ class CrossVideoMAEForSelfSupervisedPretraining(VideoSSLPreTrainedModel):
         if rec_img is not None:
             loss = loss + cfg.image_reconstruction_weight * rec_img
         metrics = {"video_reconstruction_loss": rec.detach(), "intra_modal_loss": intra.detach(),
-                   "cross_modal_loss": cross.detach(), **self.synthetic_metric(synthetic_clip, loss.device)}
+                   "cross_modal_loss": cross.detach(), "intra_modal_top1": pair_top1(z1, z2),
+                   "cross_modal_top1": (pair_top1(z1, zf) + pair_top1(z2, zf)) / 2,
+                   **self.synthetic_metric(synthetic_clip, loss.device)}
         if rec_img is not None:
             metrics["image_reconstruction_loss"] = rec_img.detach()
         out = SSLOutput(loss=loss, embeddings=h1.detach(), metrics=metrics)
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["CrossVideoMAEForSelfSupervisedPretraining"]
+__all__ = ["CrossVideoMAEForSelfSupervisedPretraining", "pair_top1"]
