@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Optional, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -200,6 +200,59 @@ def encode(
     return pooled
 
 
+def same_resolution_runs(views: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
+    """`(start, end)` index ranges of consecutive views with the same spatial size (multi-crop: the globals, then
+    the locals), the groups that the official multi-crop forward (DINO's `MultiCropWrapper`, SwAV) runs through
+    the encoder in one call each."""
+    runs, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
+def encode_multicrop(encoder: nn.Module, views: Sequence[torch.Tensor], pooling: str = "cls",
+                     concatenate: bool = True):
+    """Pooled features of every view, one encoder call per run of same-size views (`same_resolution_runs`).
+
+    `concatenate=True` returns `[V*B, D]` in view order; False returns one `[n*B, D]` tensor per run. For ViT /
+    Swin encoders the result equals per-view calls (no cross-sample statistics); for BatchNorm ConvNets the
+    batch statistics span the run's views, as in the official multi-crop code."""
+    groups = []
+    for start, end in same_resolution_runs(views):
+        x = views[start] if end - start == 1 else torch.cat(list(views[start:end]), dim=0)
+        groups.append(encode(encoder, x, pooling))
+    if not concatenate:
+        return groups
+    return groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)
+
+
+def map_views_batched(fn: Callable, views: Sequence[torch.Tensor]) -> list:
+    """`[fn(v) for v in views]` computed with one `fn` call per run of same-size views: the run is concatenated
+    along the batch, `fn`'s output (a tensor, a tuple or a dict of tensors, batch-first) is split back per view. Equal to
+    the per-view loop whenever `fn` treats samples independently (ViT / Swin encoders and their heads)."""
+    outputs = []
+    for start, end in same_resolution_runs(views):
+        if end - start == 1:
+            outputs.append(fn(views[start]))
+            continue
+        sizes = [v.shape[0] for v in views[start:end]]
+        out = fn(torch.cat(list(views[start:end]), dim=0))
+        if isinstance(out, torch.Tensor):
+            outputs.extend(out.split(sizes))
+        elif isinstance(out, dict):
+            parts = {k: v.split(sizes) for k, v in out.items()}
+            outputs.extend({k: v[i] for k, v in parts.items()} for i in range(len(sizes)))
+        else:
+            parts = [o.split(sizes) for o in out]
+            outputs.extend(tuple(p[i] for p in parts) for i in range(len(sizes)))
+    return outputs
+    return outputs
+
+
 def pool_vit_tokens(tokens: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
     if pooling == "cls":
         return tokens[:, 0]
@@ -364,6 +417,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
+    "same_resolution_runs", "encode_multicrop", "map_views_batched",
     "BACKBONE_PRESETS", "resolve_backbone_config", "backbone_family", "build_backbone", "feature_dim",
     "encode", "pool_vit_tokens", "patchify", "unpatchify", "sincos_pos_embed_2d", "init_sincos_position_embeddings_", "vit_grid",
     "vit_embed_patches", "vit_forward_tokens", "vit_forward_visible", "gather_tokens", "check_pixel_values",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import encode
+from ..backbones import encode, map_views_batched
 from ..base import SSLPreTrainedModel
 from ..distillation import DINOHead, SelfDistillationLoss, matched_region_distillation
 from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_, warmup_then_constant
@@ -204,12 +204,13 @@ class CMDForSelfSupervisedPretraining(SSLPreTrainedModel):
             its image-level head output.
         """
         views = self._check_views(pixel_values)
-        student = [self.view_outputs(v) for v in views]
+        # one call per run of same-size crops (the official multi-crop forward; equal to per-crop calls for a ViT)
+        student = map_views_batched(self.view_outputs, views)
         loss, metrics = None, {}
         if len(views) >= 2:
             n_global = min(max(int(self.config.augmentation.get("num_global", 2)), 1), len(views))
             with torch.no_grad():
-                teacher = [self.view_outputs(v, teacher=True) for v in views[:n_global]]
+                teacher = map_views_batched(lambda v: self.view_outputs(v, teacher=True), views[:n_global])
             loss, terms = self.compute_loss(student, teacher, float(self.teacher_temperature_now))
             metrics = {k: v.detach() for k, v in terms.items()}
             w = student[0]["mil_weights"].detach()

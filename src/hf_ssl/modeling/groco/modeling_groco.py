@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import encode, feature_dim
+from ..backbones import encode, encode_multicrop, feature_dim
 from ..base import SSLPreTrainedModel
 from ..heads import MLPHead
 from ..losses import all_gather, rank, world_size
@@ -92,16 +92,7 @@ class GroCoForSelfSupervisedPretraining(SSLPreTrainedModel):
     def encode_views(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled encoder features `[V*B, D]` of all views in order; consecutive views of one resolution go through
         the encoder in one call."""
-        feats: List[torch.Tensor] = []
-        start = 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            x = views[start] if end - start == 1 else torch.cat(list(views[start:end]), dim=0)
-            feats.append(encode(self.encoder, x, self.config.feature_pooling))
-            start = end
-        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=0)
+        return encode_multicrop(self.encoder, views, self.config.feature_pooling)
 
     def anchor_scores(self, anchor: torch.Tensor, positives: Sequence[torch.Tensor]):
         """Pre-ordered scores of one anchor view `[B, k + p]` (k hardest negatives then p positives, each ascending)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import encode, feature_dim
+from ..backbones import encode, encode_multicrop, feature_dim
 from ..base import SSLPreTrainedModel
 from ..losses import all_gather, all_reduce, rank, world_size
 from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_
@@ -108,15 +108,7 @@ class OBoWForSelfSupervisedPretraining(SSLPreTrainedModel):
 
     def encode_views(self, views) -> List[torch.Tensor]:
         """Pooled student features, one tensor per run of consecutive same-size views (one encoder call each)."""
-        groups, start = [], 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            x = torch.cat(list(views[start:end]), dim=0) if end - start > 1 else views[start]
-            groups.append(encode(self.encoder, x, self.config.feature_pooling))
-            start = end
-        return groups
+        return encode_multicrop(self.encoder, views, self.config.feature_pooling, concatenate=False)
 
     # -- teacher ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import map_views_batched
 from ..base import SSLPreTrainedModel
 from ..distillation import DINOHead, SelfDistillationLoss
 from ..losses import kmeans
@@ -338,7 +339,11 @@ class SOLIDERForSelfSupervisedPretraining(SSLPreTrainedModel):
             t_pooled = self.encode_view(globals_, lam_g, teacher=True)[0]
             teacher_logits = list(self.teacher_head(t_pooled).chunk(n_global))
         s_pooled_g, s_tokens_g, s_grid = self.encode_view(globals_, lam_g)
-        student_pooled = list(s_pooled_g.chunk(n_global)) + [self.encode_view(v, lam)[0] for v in views[n_global:]]
+        local = views[n_global:]
+        student_pooled = list(s_pooled_g.chunk(n_global))
+        if local:  # same-size local crops in one call (lambda repeated per crop), as the globals above
+            runs = map_views_batched(lambda x: self.encode_view(x, lam.repeat(x.shape[0] // b))[0], local)
+            student_pooled += runs
         student_logits = [self.head(p) for p in student_pooled]
         dino_loss = self.distillation(student_logits, teacher_logits, float(self.teacher_temperature_now))
 

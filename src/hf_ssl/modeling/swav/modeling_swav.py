@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..backbones import encode, feature_dim
+from ..backbones import encode, encode_multicrop, feature_dim
 from ..base import SSLPreTrainedModel
 from ..heads import MLPHead, Prototypes
 from ..losses import all_gather, rank, sinkhorn_knopp, soft_cross_entropy, world_size
@@ -119,16 +119,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
     def encode_crops(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled encoder features `[V*B, D]` of all crops in order; consecutive crops of the same resolution go
         through the encoder in one call (the official multi-resolution forward)."""
-        feats: List[torch.Tensor] = []
-        start = 0
-        while start < len(crops):
-            end = start + 1
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            x = crops[start] if end - start == 1 else torch.cat(list(crops[start:end]), dim=0)
-            feats.append(encode(self.encoder, x, self.config.feature_pooling))
-            start = end
-        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=0)
+        return encode_multicrop(self.encoder, crops, self.config.feature_pooling)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """L2-normalized projections `z` (the official `normalize=True` before the prototypes)."""
