@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import hf_ssl  # noqa: F401
-from hf_ssl.modeling.backbones import encode, feature_dim
+from hf_ssl.modeling.backbones import encode, encode_multicrop, feature_dim
 from hf_ssl.modeling.registry import get_method
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -44,13 +44,21 @@ def _adamw(params, lr):
     return torch.optim.AdamW([q for q in params if q.requires_grad], lr=lr)
 
 
+COMPILE = [False]  # --compile: torch.compile hf_ssl's modules (what SSLTrainingArguments(torch_compile=True) does)
+
+
+def _maybe_compile(module):
+    return torch.compile(module) if COMPILE[0] else module
+
+
 def _ours_step(model, batch, lr):
     """A full hf_ssl training step as SSLTrainer runs it (forward, backward, AdamW, `on_step_end`)."""
     opt = _adamw(model.parameters(), lr)
     counter = [0]
+    forward = _maybe_compile(model)
 
     def step():
-        loss = model(**batch).loss
+        loss = forward(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -200,10 +208,15 @@ def dino_pair(args):
     criterion = SelfDistillationLoss(out_dim)
     opt = _adamw(list(student.parameters()) + list(s_head.parameters()), args.lr)
 
+    batch_size = views[0].shape[0]
+    c_student, c_teacher = _maybe_compile(student), _maybe_compile(teacher)
+
     def ours():
+        # the multi-crop forward of hf_ssl's DINO-core methods (`backbones.encode_multicrop`, as official DINO's
+        # MultiCropWrapper): one encoder call per crop resolution, one head call on all crops
         with torch.no_grad():
-            t_out = [t_head(encode(teacher, v)) for v in views[:n_global]]
-        s_out = [s_head(encode(student, v)) for v in views]
+            t_out = list(t_head(encode_multicrop(c_teacher, views[:n_global])).split(batch_size))
+        s_out = list(s_head(encode_multicrop(c_student, views)).split(batch_size))
         loss = criterion(s_out, t_out, teacher_temperature=0.04)
         loss.backward()
         opt.step()
@@ -254,9 +267,10 @@ def mae_encoder_pair(args):
     visible = torch.argsort(torch.rand(args.batch_size, n), dim=1)[:, :keep].sort(dim=1).values
     ours_vit = build_backbone(vit_cfg).train()
     opt = _adamw(ours_vit.parameters(), args.lr)
+    forward_visible = _maybe_compile(vit_forward_visible)
 
     def ours():
-        tokens = vit_forward_visible(ours_vit, x, visible)
+        tokens = forward_visible(ours_vit, x, visible)
         tokens.pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -292,14 +306,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--vit-backbone", default="vit-micro", help="ViT preset for the mae_encoder pair")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--compile", action="store_true", help="torch.compile hf_ssl's side (lightly stays eager, as its "
+                   "examples run); warm-up steps absorb compilation")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    COMPILE[0] = args.compile
     if args.threads:
         torch.set_num_threads(args.threads)
     import lightly
 
     print(f"torch {torch.__version__} | lightly {lightly.__version__} | threads {torch.get_num_threads()} | "
-          f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size}")
+          f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size} | compile {args.compile}")
     rows = []
     for name in args.methods:
         ours_step, peer_step, views = PAIRS[name](args)
@@ -309,7 +326,7 @@ def main(argv=None):
             peer_rates.append(args.batch_size * args.steps / _timed(peer_step, args.steps, args.warmup))
         o, q = statistics.median(ours_rates), statistics.median(peer_rates)
         row = {"pair": name, "hf_ssl_images_per_s": round(o, 2), "lightly_images_per_s": round(q, 2),
-               "speedup": round(o / q, 3), "views": views}
+               "speedup": round(o / q, 3), "views": views, "compiled": args.compile}
         rows.append(row)
         print(f"{name:12s} hf_ssl {o:8.2f} img/s | lightly {q:8.2f} img/s | hf_ssl/lightly {o / q:5.2f}x", flush=True)
     if args.json:

@@ -13,12 +13,15 @@ Images/s counts source images (one image -> all its views).
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import json
 import os
 import resource
 import statistics
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -26,23 +29,28 @@ import torch
 import hf_ssl  # noqa: F401
 from hf_ssl.modeling.backbones import BACKBONE_PRESETS, build_backbone, encode
 from hf_ssl.modeling.registry import available_methods, get_method
-from hf_ssl.training.data import SSLDataCollator, build_view_generator, decode_image, load_image_stream
+from hf_ssl.training.data import SSLDataCollator, SSLViewDataset, build_view_generator, load_image_stream
 
 VIT_ONLY_DEFAULT = "vit-micro"
 CONV_DEFAULT = "resnet-tiny"
 
 
-def make_batch(config, batch_size: int, seed: int = 0):
-    policy = build_view_generator(config)
-    rng = np.random.default_rng(seed)
-    stream = load_image_stream("builtin:digits", shuffle_buffer=0)
+def make_batch(config, batch_size: int, seed: int = 0, dataset: str = None):
+    """One collated batch from the method's own view policy on its default data (`MethodSpec.default_dataset`:
+    digits for image methods, clips / volumes / point sets / captioned images for the others)."""
+    spec = get_method(config.model_type)
+    mode = {1: "L", 3: "RGB"}.get(getattr(config, "num_channels", 3), "RGB")
+    ds = SSLViewDataset(load_image_stream(dataset or spec.default_dataset, shuffle_buffer=0),
+                        build_view_generator(config), seed=seed, image_mode=mode)
     examples = []
-    for example in stream:
-        examples.append(dict(policy(decode_image(example["image"]), rng), num_skipped=0))
+    for example in ds:
+        if example.get("_empty"):
+            continue
+        examples.append(example)
         if len(examples) == batch_size:
             break
     batch = SSLDataCollator()(examples)
-    batch.pop("num_skipped")
+    batch.pop("num_skipped", None)
     return batch
 
 
@@ -53,8 +61,8 @@ def to_device(batch, device):
     return out
 
 
-def global_views(batch):
-    views = batch["pixel_values"]
+def global_views(batch, key="pixel_values"):
+    views = batch[key]
     return views[0] if isinstance(views, list) else views
 
 
@@ -71,46 +79,66 @@ def time_fn(fn, steps, warmup, device):
     return time.perf_counter() - start
 
 
-def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype, channels_last=False):
+def method_config(name, backbone, image_size):
+    """The method's cpu-demo config on `backbone` at `image_size` for image methods; methods on other inputs
+    (clips, volumes, point sets) or tied to one encoder family keep their cpu-demo encoder and input size."""
     spec = get_method(name)
-    overrides = {"backbone_config": backbone, "image_size": image_size}
-    try:
-        config = spec.make_config("cpu-demo" if "cpu-demo" in spec.presets else None, **overrides)
-    except ValueError:  # e.g. a ViT-only method given a ConvNet backbone
-        config = spec.make_config("cpu-demo" if "cpu-demo" in spec.presets else None,
-                                  backbone_config=VIT_ONLY_DEFAULT, image_size=image_size)
+    preset = "cpu-demo" if "cpu-demo" in spec.presets else None
+    if spec.default_dataset == "builtin:digits":
+        try:
+            return spec.make_config(preset, backbone_config=backbone, image_size=image_size)
+        except ValueError:  # e.g. a ViT-only method given a ConvNet backbone
+            try:
+                return spec.make_config(preset, backbone_config=VIT_ONLY_DEFAULT, image_size=image_size)
+            except ValueError:
+                pass
+    return spec.make_config(preset)
+
+
+def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype, channels_last=False,
+                 compile=False):
+    spec = get_method(name)
+    config = method_config(name, backbone, image_size)
     torch.manual_seed(0)
     model = spec.model_class(config).to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                             fused=device.type == "cuda")
     batch = to_device(make_batch(config, batch_size), device)
-    encoder = build_backbone(config.backbone_config).to(device).train()
-    eopt = torch.optim.AdamW(encoder.parameters(), lr=1e-4, fused=device.type == "cuda")
+    # the bare encoder step: the model's own feature path (`get_input_features`: the exported encoder + pooling) on
+    # the first view of its main input, every parameter trainable
+    bare = copy.deepcopy(model).train()
+    for param in bare.parameters():
+        param.requires_grad_(True)
+    for attr in ("get_image_features", "get_input_features"):  # the feature paths are @no_grad for evaluation
+        setattr(bare, attr, types.MethodType(inspect.unwrap(getattr(type(bare), attr)), bare))
     if channels_last:  # what SSLTrainingArguments(channels_last=True) does
         from hf_ssl.training.trainer import _to_channels_last
 
         model.to(memory_format=torch.channels_last)
-        encoder.to(memory_format=torch.channels_last)
+        bare.to(memory_format=torch.channels_last)
         batch = {k: _to_channels_last(v) for k, v in batch.items()}
-    x = global_views(batch)
-    enc_channels = getattr(config.backbone_config, "num_channels", x.shape[1])
-    if x.dim() == 4 and x.shape[1] > enc_channels:  # channel-adaptive methods (ChAda-ViT) wrap a 1-channel encoder
-        x = x[:, :enc_channels]
+    x = global_views(batch, getattr(model, "main_input_name", "pixel_values"))
     step_counter = [0]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+    forward = torch.compile(model) if compile else model
 
     def method_step():
         with autocast:
-            loss = model(**batch).loss
+            loss = forward(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         step_counter[0] += 1
         model.on_step_end(step_counter[0], 10**6)
 
+    with autocast:
+        probe = bare.get_input_features(x)
+    bare_params = [p for p in bare.parameters()]
+    eopt = torch.optim.AdamW(bare_params, lr=1e-4, fused=device.type == "cuda")
+
     def backbone_step():
         with autocast:
-            out = encode(encoder, x, config.feature_pooling)
+            out = bare.get_input_features(x)
         out.float().pow(2).mean().backward()
         eopt.step()
         eopt.zero_grad(set_to_none=True)
@@ -120,14 +148,18 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
         torch.cuda.reset_peak_memory_stats()
     for _ in range(rounds):
         method_rates.append(batch_size * steps / time_fn(method_step, steps, warmup, device))
-        backbone_rates.append(batch_size * steps / time_fn(backbone_step, steps, warmup, device))
+        if probe.requires_grad:
+            backbone_rates.append(batch_size * steps / time_fn(backbone_step, steps, warmup, device))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    m, b = statistics.median(method_rates), statistics.median(backbone_rates)
-    return {"method": name, "backbone": config.backbone_config.model_type, "image_size": image_size,
+    m = statistics.median(method_rates)
+    b = statistics.median(backbone_rates) if backbone_rates else float("nan")
+    inputs = batch[getattr(model, "main_input_name", "pixel_values")]
+    return {"method": name, "backbone": getattr(config.backbone_config, "model_type", "?"),
+            "input": getattr(model, "main_input_name", "pixel_values"), "input_shape": list(x.shape[1:]),
             "batch_size": batch_size, "method_images_per_s": round(m, 1), "backbone_fwd_bwd_images_per_s": round(b, 1),
             "ratio_method_over_backbone": round(m / b, 3), "peak_memory_mib": round(peak, 1),
-            "views": len(batch["pixel_values"]) if isinstance(batch["pixel_values"], list) else 1}
+            "views": len(inputs) if isinstance(inputs, list) else 1, "compiled": compile}
 
 
 def main(argv=None):
@@ -142,6 +174,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (ConvNets)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the method's module (what "
+                   "SSLTrainingArguments(torch_compile=True) does); the first steps include compilation, so use a "
+                   "larger --warmup")
     p.add_argument("--json", help="also write results to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -150,13 +185,15 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.bf16 else None
     rows, failures = [], []
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} backbone={args.backbone} "
-          f"image={args.image_size} batch={args.batch_size} channels_last={args.channels_last}")
+          f"image={args.image_size} batch={args.batch_size} channels_last={args.channels_last} "
+          f"compile={args.compile}")
     print(f"{'method':10s} {'backbone':9s} {'views':>5s} {'method img/s':>13s} {'backbone f+b img/s':>19s} "
           f"{'ratio':>6s} {'peak MiB':>9s}")
     for name in args.methods or available_methods():
         try:
             row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
-                               args.rounds, device, dtype, channels_last=args.channels_last)
+                               args.rounds, device, dtype, channels_last=args.channels_last,
+                               compile=args.compile)
         except Exception as err:  # one broken method must not hide the others' numbers; it is reported and counted
             failures.append(name)
             print(f"{name:10s} FAILED: {type(err).__name__}: {err}")
