@@ -6,11 +6,13 @@ preset's own budget, `MethodSpec.demo_training`, else 400) with the same
 optimizer recipe as `hf-ssl pretrain` (AdamW, cosine schedule, batch 64), then reports weighted k-NN and
 linear-probe accuracy of the pooled encoder features on the held-out split, next to the same numbers for the
 random-init encoder (same seed, same architecture). `--with-lightly` adds lightly's implementation of the same
-method where lightly has one (SwAV), trained for the same budget on the same views and evaluated by the same code.
+method where lightly has one (SwAV; MoCo v2 = MoCHi without mixing; SimCLR = G-SimCLR without guidance, each also
+run on the hf_ssl side with those overrides), trained for the same budget on the same views and evaluated by the
+same code.
 
     python benchmarks/quality.py                              # all methods, each at its cpu-demo budget
     python benchmarks/quality.py --methods swav cae --steps 600
-    venv-lightly/bin/python benchmarks/quality.py --methods swav --with-lightly
+    venv-lightly/bin/python benchmarks/quality.py --methods swav mochi gsimclr --with-lightly
 
 Results go to `benchmarks/results/quality.json` and a markdown table `benchmarks/results/quality.md`.
 """
@@ -32,16 +34,17 @@ from hf_ssl.modeling.registry import available_methods, get_method
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_method(name: str, steps: int, seed: int, batch_size: int, workdir: str):
+def run_method(name: str, steps: int, seed: int, batch_size: int, workdir: str, overrides=None, label=None):
     from hf_ssl.training.cli import run_pretraining
 
     if steps is None:  # the method's own cpu-demo budget (MethodSpec.demo_training), else 400 like `hf-ssl pretrain`
         steps = int(get_method(name).demo_training.get("max_steps", 400))
     res = run_pretraining(name, output_dir=os.path.join(workdir, name), max_steps=steps, batch_size=batch_size,
-                          seed=seed, extra_args={"linear_probe": True, "save_strategy": "no", "disable_tqdm": True},
+                          seed=seed, config_overrides=overrides,
+                          extra_args={"linear_probe": True, "save_strategy": "no", "disable_tqdm": True},
                           log=lambda *a, **k: None, save=False)
     return {
-        "method": name,
+        "method": label or name,
         "steps": steps,
         "knn_random_init": res["knn_before"]["knn_accuracy"],
         "knn": res["knn_after"]["knn_accuracy"],
@@ -51,46 +54,119 @@ def run_method(name: str, steps: int, seed: int, batch_size: int, workdir: str):
     }
 
 
-def run_lightly_swav(steps: int, seed: int, batch_size: int):
-    """lightly's SwAV (projection head, prototypes, loss) on the same encoder, views, optimizer and budget."""
+# hf_ssl method (+ config overrides that reduce it to the base method lightly implements) per lightly pair
+LIGHTLY_PAIRS = {
+    "swav": ("swav", {}),
+    "moco": ("mochi", {"mixing_start_step": 10**9}),  # MoCHi's MoCo v2 base: hard-negative mixing never starts
+    "simclr": ("gsimclr", {"pseudo_label_interval": 10**9}),  # G-SimCLR's SimCLR base: no pseudo-label guidance
+}
+
+
+def _lightly_swav(model, config):
     import torch.nn.functional as F
     from lightly.loss import SwaVLoss
     from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
-    from transformers import get_cosine_schedule_with_warmup, set_seed
 
     from hf_ssl.modeling.backbones import encode, feature_dim
-    from hf_ssl.training.data import (SSLDataCollator, SSLViewDataset, build_view_generator, labeled_eval_dataset,
-                                      load_image_stream)
-    from hf_ssl.training.evaluation import evaluate_representations
 
-    spec = get_method("swav")
-    config = spec.make_config("cpu-demo")
-    set_seed(seed)
-    model = spec.model_class(config)  # only its encoder is used: the same init as the hf_ssl run
     encoder = model.encoder
     head = SwaVProjectionHead(feature_dim(config.backbone_config), config.projection_hidden_dim, config.projection_dim)
     prototypes = SwaVPrototypes(config.projection_dim, n_prototypes=config.num_prototypes,
                                 n_steps_frozen_prototypes=config.freeze_prototypes_steps)
     criterion = SwaVLoss(temperature=config.swav_temperature, sinkhorn_iterations=config.sinkhorn_iterations,
                          sinkhorn_epsilon=config.sinkhorn_epsilon)
+    n_global = config.augmentation.get("num_global", 2)
+
+    def step(batch, i):
+        prototypes.normalize()
+        outs = [prototypes(F.normalize(head(encode(encoder, v)), dim=1), step=i) for v in batch["pixel_values"]]
+        return criterion(outs[:n_global], outs[n_global:])
+
+    return list(encoder.parameters()) + list(head.parameters()) + list(prototypes.parameters()), step
+
+
+def _lightly_moco(model, config):
+    import copy
+
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import MoCoProjectionHead
+    from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+
+    from hf_ssl.modeling.backbones import encode, feature_dim
+
+    encoder = model.encoder
+    head = MoCoProjectionHead(feature_dim(config.backbone_config), config.projection_hidden_dim, config.projection_dim)
+    key_encoder, key_head = copy.deepcopy(encoder), copy.deepcopy(head)
+    deactivate_requires_grad(key_encoder)
+    deactivate_requires_grad(key_head)
+    criterion = NTXentLoss(temperature=config.contrastive_temperature,
+                           memory_bank_size=(config.queue_size, config.projection_dim))
+
+    def step(batch, i):
+        x_q, x_k = batch["pixel_values"][:2]
+        update_momentum(encoder, key_encoder, m=config.teacher_momentum)
+        update_momentum(head, key_head, m=config.teacher_momentum)
+        q = head(encode(encoder, x_q))
+        with torch.no_grad():
+            shuffled, order = batch_shuffle(x_k)
+            k = batch_unshuffle(key_head(encode(key_encoder, shuffled)), order)
+        return criterion(q, k)
+
+    return list(encoder.parameters()) + list(head.parameters()), step
+
+
+def _lightly_simclr(model, config):
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
+    from hf_ssl.modeling.backbones import encode, feature_dim
+
+    encoder = model.encoder
+    dims = [feature_dim(config.backbone_config)] + list(config.projection_hidden_dims)
+    head = SimCLRProjectionHead(dims[0], dims[1], config.projection_dim, num_layers=len(dims))
+    criterion = NTXentLoss(temperature=config.contrastive_temperature)
+
+    def step(batch, i):
+        x0, x1 = batch["pixel_values"][:2]
+        return criterion(head(encode(encoder, x0)), head(encode(encoder, x1)))
+
+    return list(encoder.parameters()) + list(head.parameters()), step
+
+
+LIGHTLY_BUILDERS = {"swav": _lightly_swav, "moco": _lightly_moco, "simclr": _lightly_simclr}
+
+
+def run_lightly(pair: str, steps, seed: int, batch_size: int):
+    """lightly's implementation of `pair` (its heads, losses, momentum and memory-bank utilities, used as its
+    examples use them) on the hf_ssl method's encoder (same init), views, optimizer recipe and budget; evaluated by
+    the same k-NN / linear-probe code."""
+    from transformers import get_cosine_schedule_with_warmup, set_seed
+
+    from hf_ssl.training.data import (SSLDataCollator, SSLViewDataset, build_view_generator, labeled_eval_dataset,
+                                      load_image_stream)
+    from hf_ssl.training.evaluation import evaluate_representations
+
+    name, overrides = LIGHTLY_PAIRS[pair]
+    spec = get_method(name)
+    demo = spec.demo_training
+    steps = steps or int(demo.get("max_steps", 400))
+    config = spec.make_config("cpu-demo", **overrides)
+    set_seed(seed)
+    model = spec.model_class(config)  # only its encoder is trained and evaluated: the same init as the hf_ssl run
+    params, step_fn = LIGHTLY_BUILDERS[pair](model, config)
     knn_train = labeled_eval_dataset("builtin:digits", "train", config)
     knn_test = labeled_eval_dataset("builtin:digits", "test", config)
     before = evaluate_representations(model, knn_train, knn_test, linear_probe=True)
-    params = list(encoder.parameters()) + list(head.parameters()) + list(prototypes.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-6)
+    opt = torch.optim.AdamW(params, lr=float(demo.get("learning_rate", 1e-3)), weight_decay=1e-6)
     sched = get_cosine_schedule_with_warmup(opt, max(1, int(0.05 * steps)), steps)
     data = SSLViewDataset(load_image_stream("builtin:digits", split="train", seed=seed), build_view_generator(config),
                           seed=seed, image_mode="RGB")
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=SSLDataCollator())
-    n_global = config.augmentation.get("num_global", 2)
     model.train()
     start, step = time.time(), 0
     while step < steps:
         for batch in loader:
-            views = batch["pixel_values"]
-            prototypes.normalize()
-            outs = [prototypes(F.normalize(head(encode(encoder, v)), dim=1), step=step) for v in views]
-            loss = criterion(outs[:n_global], outs[n_global:])
+            loss = step_fn(batch, step)
             loss.backward()
             opt.step()
             sched.step()
@@ -103,7 +179,7 @@ def run_lightly_swav(steps: int, seed: int, batch_size: int):
     after = evaluate_representations(model, knn_train, knn_test, linear_probe=True)
     import lightly
 
-    return {"method": f"swav (lightly {lightly.__version__})", "steps": steps,
+    return {"method": f"{pair} (lightly {lightly.__version__})", "steps": steps,
             "knn_random_init": before["knn_accuracy"], "knn": after["knn_accuracy"],
             "linear_probe_random_init": before.get("linear_probe_accuracy"),
             "linear_probe": after.get("linear_probe_accuracy"), "train_seconds": round(elapsed, 1)}
@@ -149,12 +225,18 @@ def main(argv=None):
             print(f"{name:10s} k-NN {_fmt(row['knn_random_init'])} -> {_fmt(row['knn'])} | linear "
                   f"{_fmt(row['linear_probe_random_init'])} -> {_fmt(row['linear_probe'])} | {row['train_seconds']}s",
                   flush=True)
-        if args.with_lightly and "swav" in methods:
-            steps = args.steps or int(get_method("swav").demo_training.get("max_steps", 400))
-            row = run_lightly_swav(steps, args.seed, args.batch_size)
-            existing[row["method"]] = row
-            print(f"{row['method']} k-NN {_fmt(row['knn_random_init'])} -> {_fmt(row['knn'])} | linear "
-                  f"{_fmt(row['linear_probe_random_init'])} -> {_fmt(row['linear_probe'])}", flush=True)
+        if args.with_lightly:  # each lightly pair next to hf_ssl's same base method at the same budget
+            for pair, (name, overrides) in LIGHTLY_PAIRS.items():
+                if name not in methods:
+                    continue
+                rows_now = [run_lightly(pair, args.steps, args.seed, args.batch_size)]
+                if overrides:  # hf_ssl reduced to the same base method (e.g. MoCHi without mixing = MoCo v2)
+                    rows_now.append(run_method(name, args.steps, args.seed, args.batch_size, workdir, overrides,
+                                               label=f"{pair} (hf_ssl {name} base)"))
+                for row in rows_now:
+                    existing[row["method"]] = row
+                    print(f"{row['method']} k-NN {_fmt(row['knn_random_init'])} -> {_fmt(row['knn'])} | linear "
+                          f"{_fmt(row['linear_probe_random_init'])} -> {_fmt(row['linear_probe'])}", flush=True)
     rows = sorted(existing.values(), key=lambda r: r["method"])
     json.dump(rows, open(args.out, "w"), indent=2)
     with open(args.out.replace(".json", ".md"), "w") as f:
