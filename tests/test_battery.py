@@ -1,11 +1,14 @@
 """Reliability battery, applied automatically to every method in the registry (issue: reliability battery).
 
 A new method is picked up with no edit here: it only needs its registry line and a tiny config in
-tests/tiny_configs.py (the first test fails loudly without one).
+tests/tiny_configs.py (the first test fails loudly without one). A method whose training step reads the process
+group (cross-batch state) must also have a 2-process equivalence test in its own test file (checked in
+`test_forward_train_step_and_loss`).
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,8 +91,20 @@ def test_save_load_equality_safetensors_only(name, tmp_path):
     assert type(processor) is get_method(name).image_processor_class
 
 
+DDP_TEST = re.compile(r"\b(run_distributed|run_ranks)\(")
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_forward_train_step_and_loss(name):
+def test_forward_train_step_and_loss(name, monkeypatch):
+    """A training step gives a finite loss and encoder gradients. It also finds out whether the step reads the
+    process group (every collective of hf_ssl goes through `losses.is_distributed`: gathered negatives, queues,
+    all-reduced centres or Sinkhorn sums): such a method has cross-batch state, and its test file must hold a
+    2-process (gloo) equivalence test, so a new method with cross-batch state cannot land without one."""
+    from hf_ssl.modeling import losses
+
+    consulted = []
+    real = losses.is_distributed
+    monkeypatch.setattr(losses, "is_distributed", lambda: consulted.append(1) or real())
     model = _model(name).train()
     batch = _batch(model.config, n=4)
     out = model(**batch)
@@ -98,6 +113,13 @@ def test_forward_train_step_and_loss(name):
     grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
     assert out.metrics is None or all(not torch.is_tensor(v) or not v.requires_grad for v in out.metrics.values())
+    model.on_step_end(1, 10)
+    if consulted:
+        path = os.path.join(os.path.dirname(__file__), f"test_{name}.py")
+        source = open(path).read() if os.path.exists(path) else ""
+        assert DDP_TEST.search(source), (
+            f"{name}'s training step uses cross-process state (losses.is_distributed was consulted) but "
+            f"tests/test_{name}.py has no 2-process equivalence test (ddp_utils.run_ranks / run_distributed)")
 
 
 @pytest.mark.parametrize("name", ALL)

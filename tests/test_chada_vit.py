@@ -145,3 +145,37 @@ def test_tiny_training_run(tmp_path):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 3 and all(np.isfinite(h["loss"]) for h in logs)
     assert all(1.0 <= h["channels_per_image"] <= 3.0 for h in logs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# DDP: the teacher centre is all-reduced, so two half-batch processes equal one process on the whole batch
+# ----------------------------------------------------------------------------------------------------
+def _ddp_batch():
+    g = torch.Generator().manual_seed(3)
+    views = [torch.randn(8, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g),
+             torch.randn(8, 3, 16, 16, generator=g)]
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0], [1, 1, 1]])
+    return {"pixel_values": views, "channel_mask": mask.bool()}
+
+
+def _ddp_worker(rank, world_size, out_dir):
+    from ddp_utils import save_rank, shard_forward_backward
+
+    model = make_model().train()
+    model(**_ddp_batch())  # a first step moves the centre (all-reduced), so the second loss depends on it
+    model.zero_grad(set_to_none=True)
+    out, grads = shard_forward_backward(model, _ddp_batch(), rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), grads=grads, center=model.distillation.center.clone())
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks
+
+    ranks = run_ranks(_ddp_worker, tmp_path)
+    model = make_model().train()
+    model(**_ddp_batch())
+    model.zero_grad(set_to_none=True)
+    out = forward_backward(model, _ddp_batch())
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
+    for r in ranks:
+        torch.testing.assert_close(r["center"], model.distillation.center, atol=1e-6, rtol=1e-5)

@@ -251,3 +251,26 @@ def test_paper_defaults_and_demo_preset():
     assert cfg.augmentation["crop_scale"] == [0.08, 1.0] and cfg.augmentation["horizontal_flip"] == 0.5
     demo = METHOD.make_config("cpu-demo")
     assert demo.augmentation["policy"] == "gist_text" and METHOD.default_dataset == "builtin:digits_gist"
+
+
+# ----------------------------------------------------------------------------------------------------
+# DDP: the image-specific texts of every process are negatives for every image (gathered logits)
+# ----------------------------------------------------------------------------------------------------
+def _ddp_worker(rank, world_size, out_dir):
+    from ddp_utils import save_rank, shard_forward_backward
+
+    model = make_model().eval()  # eval: BatchNorm uses running stats, so the only cross-sample term is the loss
+    batch = torch.load(f"{out_dir}/batch.pt")  # built by the parent: a stream in a worker is sharded by rank
+    out, grads = shard_forward_backward(model, batch, rank, world_size)
+    save_rank(out_dir, rank, loss=out.loss.item(), grads=grads)
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    from ddp_utils import assert_ddp_matches_single, forward_backward, run_ranks
+
+    model = make_model().eval()
+    batch = _digits_batch(model.config, n=8)
+    torch.save(batch, tmp_path / "batch.pt")
+    ranks = run_ranks(_ddp_worker, tmp_path)
+    out = forward_backward(model, batch)
+    assert_ddp_matches_single(ranks, out.loss, model, atol=1e-5, rtol=1e-4)
