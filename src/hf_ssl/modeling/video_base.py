@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import (VIDEO_FAMILY, backbone_family, check_pixel_values, check_video_values, encode,
-                        video_backbone_spec, video_patchify)
+from .backbones import (VIDEO_FAMILY, backbone_family, check_pixel_values, check_video_values, check_volume_values,
+                        encode, video_backbone_spec, video_patchify, volume_to_video)
 from .base import SSLConfig, SSLImageProcessor, SSLPreTrainedModel
 from .heads import TransformerBlock
 from ..training import video as _video_policies  # noqa: F401  (registers the `video_eval` / `video_masked` policies)
@@ -127,6 +127,39 @@ class VideoSSLPreTrainedModel(SSLPreTrainedModel):
         return {"synthetic_clip_fraction": torch.as_tensor(synthetic_clip, device=device).float().mean().detach()}
 
 
+class VolumeInputsMixin:
+    """Inputs of the 3-D volume methods (`pixel_values_volumes` `[B, C, D, H, W]` read by a stock VideoMAEModel along
+    depth): size / value checks, the export check's stock layout, and pooled features of volumes or of images
+    embedded as constant volumes. Needs `config.volume_depth / image_size / num_channels` and `self.encoder`."""
+
+    @property
+    def volume_size(self) -> tuple:
+        return self.config.volume_depth, self.config.image_size, self.config.image_size
+
+    def check_volumes(self, volumes, name="pixel_values_volumes"):
+        check_volume_values(volumes, self.config.num_channels, name, size=self.volume_size)
+
+    def export_check_input(self, volumes: torch.Tensor):
+        """(model input, stock input): the exported VideoMAEModel takes the same volumes as `[B, D, C, H, W]` clips."""
+        return volumes, volume_to_video(volumes)
+
+    @torch.no_grad()
+    def get_input_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled `[B, hidden]` feature of volumes `[B, C, D, H, W]`: mean of all encoder tokens (no masking)."""
+        self.check_volumes(inputs)
+        return encode(self.encoder, volume_to_video(inputs), "mean")
+
+    @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor, pooling: Optional[str] = None) -> torch.Tensor:
+        """Images `[B, C, H, W]` (image_size square) are embedded as constant volumes (the image repeated along
+        depth); volumes `[B, C, D, H, W]` go to `get_input_features`."""
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 5:
+            return self.get_input_features(pixel_values)
+        self.check_pixel_values(pixel_values)
+        volumes = pixel_values.unsqueeze(2).expand(-1, -1, self.config.volume_depth, -1, -1)
+        return self.get_input_features(volumes.contiguous())
+
+
 class VideoSSLImageProcessor(SSLImageProcessor):
     """Per-frame inference preprocessing of video methods (resize the shorter side to size / 0.875, centre crop,
     normalize; apply it to every frame of a clip). Its stock form is transformers' `VideoMAEImageProcessor`, which
@@ -206,5 +239,5 @@ def video_pixel_targets(clips: torch.Tensor, mean, std, tubelet_size: int, patch
     return tubes.reshape(b, n, -1)
 
 
-__all__ = ["VideoSSLConfig", "VideoSSLPreTrainedModel", "VideoSSLImageProcessor", "VideoMAEPixelDecoder", "video_pixel_targets",
+__all__ = ["VideoSSLConfig", "VideoSSLPreTrainedModel", "VolumeInputsMixin", "VideoSSLImageProcessor", "VideoMAEPixelDecoder", "video_pixel_targets",
            "sinusoid_table"]

@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import check_volume_values, encode, patchify_3d, sincos_pos_embed_3d, video_patch_grid, volume_to_video
+from ..backbones import encode, patchify_3d, sincos_pos_embed_3d, video_patch_grid, volume_to_video
 from ..base import SSLPreTrainedModel
 from ..distillation import DINOHead, NormalizedLinear, SelfDistillationLoss
 from ..heads import TransformerBlock
 from ..momentum import cosine_schedule, ema_update_, init_teacher_from_student_, warmup_then_constant
 from ..outputs import SSLOutput
+from ..video_base import VolumeInputsMixin
 from .configuration_alice import AliceConfig
 
 
@@ -130,7 +131,7 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class AliceForSelfSupervisedPretraining(SSLPreTrainedModel):
+class AliceForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
     """Alice (see `hf_ssl.modeling.alice`). Main input `pixel_values_volumes`: two overlapping views `[v1, v2]`
     `[B, C, D, H, W]`; `get_input_features` = mean of the (student) encoder's tokens on the whole volume.
 
@@ -218,17 +219,6 @@ class AliceForSelfSupervisedPretraining(SSLPreTrainedModel):
         self._host_steps = (int(step), int(max_steps))
 
     # -- inputs -------------------------------------------------------------------------------------------------
-    @property
-    def volume_size(self) -> tuple:
-        return self.config.volume_depth, self.config.image_size, self.config.image_size
-
-    def check_volumes(self, volumes, name="pixel_values_volumes"):
-        check_volume_values(volumes, self.config.num_channels, name, size=self.volume_size)
-
-    def export_check_input(self, volumes: torch.Tensor):
-        """(model input, stock input): the exported VideoMAEModel takes the same volumes as `[B, D, C, H, W]` clips."""
-        return volumes, volume_to_video(volumes)
-
     @torch.no_grad()
     def get_input_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Pooled `[B, hidden]` feature of volumes `[B, C, D, H, W]`: mean of all student-encoder tokens. The stock
@@ -238,18 +228,7 @@ class AliceForSelfSupervisedPretraining(SSLPreTrainedModel):
         if (torch.is_tensor(inputs) and inputs.dim() == 5 and inputs.shape[1] != c and inputs.shape[2] == c
                 and (inputs.shape[1], inputs.shape[3], inputs.shape[4]) == self.volume_size):
             inputs = inputs.permute(0, 2, 1, 3, 4)
-        self.check_volumes(inputs)
-        return encode(self.encoder, volume_to_video(inputs), "mean")
-
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor, pooling: Optional[str] = None) -> torch.Tensor:
-        """Images `[B, C, H, W]` are embedded as constant volumes (repeated along depth); volumes go to
-        `get_input_features`."""
-        if torch.is_tensor(pixel_values) and pixel_values.dim() == 5:
-            return self.get_input_features(pixel_values)
-        self.check_pixel_values(pixel_values)
-        vol = pixel_values.unsqueeze(2).expand(-1, -1, self.config.volume_depth, -1, -1)
-        return self.get_input_features(vol.contiguous())
+        return super().get_input_features(inputs)
 
     def _pair(self, value, name: str, batch: int, n: int, dtype):
         if not isinstance(value, (list, tuple)) or len(value) != 2:

@@ -11,13 +11,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..backbones import (check_volume_values, encode, patchify_3d, sincos_pos_embed_3d, video_forward_visible,
+from ..backbones import (patchify_3d, sincos_pos_embed_3d, video_forward_visible,
                          video_patch_grid, volume_to_video)
 from ..base import SSLPreTrainedModel
 from ..heads import TransformerBlock
 from ..losses import normalized_pixel_targets
 from ..masking import mask_to_index, random_mask_torch, resolve_patch_mask
 from ..outputs import SSLOutput
+from ..video_base import VolumeInputsMixin
 from .configuration_nerf_mae import NeRFMAEConfig
 
 
@@ -47,7 +48,7 @@ class VolumeMAEDecoder(nn.Module):
         return self.head(self.norm(x))
 
 
-class NeRFMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
+class NeRFMAEForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
     """NeRF-MAE pretraining model (see `hf_ssl.modeling.nerf_mae`). Main input `pixel_values_volumes
     [B, C, D, H, W]`; `get_input_features` = mean of the encoder's tokens on the whole volume."""
 
@@ -75,33 +76,6 @@ class NeRFMAEForSelfSupervisedPretraining(SSLPreTrainedModel):
             init.normal_(self.decoder.mask_token, std=0.02)  # MAE / NeRF-MAE: normal(std=0.02)
 
     # -- inputs -----------------------------------------------------------------------------------------
-    @property
-    def volume_size(self) -> tuple:
-        return self.config.volume_depth, self.config.image_size, self.config.image_size
-
-    def check_volumes(self, volumes, name="pixel_values_volumes"):
-        check_volume_values(volumes, self.config.num_channels, name, size=self.volume_size)
-
-    def export_check_input(self, volumes: torch.Tensor):
-        """(model input, stock input): the exported VideoMAEModel takes the same volumes as `[B, D, C, H, W]` clips."""
-        return volumes, volume_to_video(volumes)
-
-    @torch.no_grad()
-    def get_input_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled `[B, hidden]` feature of volumes `[B, C, D, H, W]`: mean of all encoder tokens (no masking)."""
-        self.check_volumes(inputs)
-        return encode(self.encoder, volume_to_video(inputs), "mean")
-
-    @torch.no_grad()
-    def get_image_features(self, pixel_values: torch.Tensor, pooling: Optional[str] = None) -> torch.Tensor:
-        """Images `[B, C, H, W]` (image_size square) are embedded as constant volumes (the image repeated along
-        depth); volumes `[B, C, D, H, W]` go to `get_input_features`."""
-        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 5:
-            return self.get_input_features(pixel_values)
-        self.check_pixel_values(pixel_values)
-        volumes = pixel_values.unsqueeze(2).expand(-1, -1, self.config.volume_depth, -1, -1)
-        return self.get_input_features(volumes.contiguous())
-
     def generate_mask(self, batch_size: int, num_patches: int, device=None, generator=None) -> torch.Tensor:
         return random_mask_torch(batch_size, num_patches, self.config.mask_ratio, device=device, generator=generator)
 
