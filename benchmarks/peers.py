@@ -45,6 +45,17 @@ def _adamw(params, lr):
 
 
 COMPILE = [False]  # --compile: torch.compile hf_ssl's modules (what SSLTrainingArguments(torch_compile=True) does)
+CHANNELS_LAST = [False]  # --channels-last: what SSLTrainingArguments(channels_last=True) does (weights + 4-D inputs)
+
+
+def _ours_layout(module, views):
+    """hf_ssl's side in the memory format SSLTrainer would use (`channels_last`): the module's weights and a copy
+    of the 4-D inputs (the peer keeps the contiguous originals)."""
+    if not CHANNELS_LAST[0]:
+        return module, views
+    from hf_ssl.training.trainer import _to_channels_last
+
+    return module.to(memory_format=torch.channels_last), _to_channels_last(views)
 
 
 def _maybe_compile(module):
@@ -53,6 +64,7 @@ def _maybe_compile(module):
 
 def _ours_step(model, batch, lr):
     """A full hf_ssl training step as SSLTrainer runs it (forward, backward, AdamW, `on_step_end`)."""
+    model, batch = _ours_layout(model, dict(batch))
     opt = _adamw(model.parameters(), lr)
     counter = [0]
     forward = _maybe_compile(model)
@@ -209,14 +221,16 @@ def dino_pair(args):
     opt = _adamw(list(student.parameters()) + list(s_head.parameters()), args.lr)
 
     batch_size = views[0].shape[0]
+    student, our_views = _ours_layout(student, list(views))
+    teacher, _ = _ours_layout(teacher, [])
     c_student, c_teacher = _maybe_compile(student), _maybe_compile(teacher)
 
     def ours():
         # the multi-crop forward of hf_ssl's DINO-core methods (`backbones.encode_multicrop`, as official DINO's
         # MultiCropWrapper): one encoder call per crop resolution, one head call on all crops
         with torch.no_grad():
-            t_out = list(t_head(encode_multicrop(c_teacher, views[:n_global])).split(batch_size))
-        s_out = list(s_head(encode_multicrop(c_student, views)).split(batch_size))
+            t_out = list(t_head(encode_multicrop(c_teacher, our_views[:n_global])).split(batch_size))
+        s_out = list(s_head(encode_multicrop(c_student, our_views)).split(batch_size))
         loss = criterion(s_out, t_out, teacher_temperature=0.04)
         loss.backward()
         opt.step()
@@ -308,15 +322,19 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--compile", action="store_true", help="torch.compile hf_ssl's side (lightly stays eager, as its "
                    "examples run); warm-up steps absorb compilation")
+    p.add_argument("--channels-last", action="store_true", help="hf_ssl's ConvNet side in channels-last memory "
+                   "format, as SSLTrainingArguments(channels_last=True) trains it (lightly's examples stay contiguous)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     COMPILE[0] = args.compile
+    CHANNELS_LAST[0] = args.channels_last
     if args.threads:
         torch.set_num_threads(args.threads)
     import lightly
 
     print(f"torch {torch.__version__} | lightly {lightly.__version__} | threads {torch.get_num_threads()} | "
-          f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size} | compile {args.compile}")
+          f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size} | compile {args.compile} | "
+          f"channels_last {args.channels_last}")
     rows = []
     for name in args.methods:
         ours_step, peer_step, views = PAIRS[name](args)
@@ -326,7 +344,8 @@ def main(argv=None):
             peer_rates.append(args.batch_size * args.steps / _timed(peer_step, args.steps, args.warmup))
         o, q = statistics.median(ours_rates), statistics.median(peer_rates)
         row = {"pair": name, "hf_ssl_images_per_s": round(o, 2), "lightly_images_per_s": round(q, 2),
-               "speedup": round(o / q, 3), "views": views, "compiled": args.compile}
+               "speedup": round(o / q, 3), "views": views, "compiled": args.compile,
+               "channels_last": args.channels_last}
         rows.append(row)
         print(f"{name:12s} hf_ssl {o:8.2f} img/s | lightly {q:8.2f} img/s | hf_ssl/lightly {o / q:5.2f}x", flush=True)
     if args.json:
