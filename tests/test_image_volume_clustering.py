@@ -131,6 +131,40 @@ def test_prototypes_frozen_then_trained_and_renormalised():
     assert model.prototypes_3d.weight.grad.abs().sum() > 0 and model.prototypes_2d.weight.grad.abs().sum() > 0
 
 
+def test_volume_projection_head_feeds_the_3d_prototypes_and_official_path_has_none():
+    b = _batch()
+    vols = torch.cat(b["pixel_values_volumes"])
+    for projection in (True, False):
+        model = _model(volume_projection=projection, weight_2d=0.0, weight_mask=0.0).train()
+        assert (model.volume_projection_head is not None) == projection
+        assert model.prototypes_3d.weight.shape[1] == (16 if projection else 32)
+        torch.manual_seed(5)
+        out = model(**b)
+        with torch.no_grad():
+            e = model.aggregate(model.slice_tokens(vols)).mean(dim=1)
+            z = F.normalize(model.volume_projection_head(e) if projection else e, dim=1)
+            ref, _ = swapped_prediction_loss(list((z @ model.prototypes_3d.weight.t()).split(4)), 0.1, 0.05, 3)
+        assert float(out.metrics["loss_3d"]) == pytest.approx(float(ref), rel=1e-5)
+        assert torch.allclose(out.embeddings, e[:4], atol=1e-5)  # the k-NN / export feature is pre-head
+        if projection:
+            out.loss.backward()
+            assert model.volume_projection_head.layers[0].weight.grad.abs().sum() > 0
+            assert not any("volume_projection_head" in k for k in model.encoder.state_dict())
+
+
+def test_volume_projection_spreads_volume_embeddings_that_share_one_direction():
+    """The failure the head fixes: mean-pooled slice tokens of different volumes are nearly parallel (a shared
+    component), so raw 3-D scores hardly differ between volumes; the head's BatchNorm removes the shared part."""
+    model = _model(volume_projection=True).train()
+    g = torch.Generator().manual_seed(2)
+    e = torch.randn(1, 32, generator=g) * 10 + 0.05 * torch.randn(16, 32, generator=g)
+    raw = F.normalize(e, dim=1)
+    z = F.normalize(model.volume_projection_head(e), dim=1)
+    off = ~torch.eye(16, dtype=torch.bool)
+    assert float((raw @ raw.t())[off].mean()) > 0.99
+    assert float((z @ z.t())[off].mean()) < 0.5
+
+
 def test_loss_is_the_weighted_sum_of_terms():
     model = _model(weight_2d=0.5, weight_3d=2.0, weight_mask=3.0).train()
     torch.manual_seed(3)
@@ -138,6 +172,68 @@ def test_loss_is_the_weighted_sum_of_terms():
     m = out.metrics
     assert float(out.loss) == pytest.approx(0.5 * float(m["loss_2d"]) + 2 * float(m["loss_3d"]) +
                                             3 * float(m["loss_mask"]), rel=1e-5)
+
+
+def test_masked_embedding_targets_are_the_slice_features():
+    model = _model().train()
+    b = _batch()
+    torch.manual_seed(3)
+    out = model(**b)
+    vols = torch.cat(b["pixel_values_volumes"])
+    torch.manual_seed(3)  # same BN batch statistics: recompute in train mode on the same batch
+    with torch.no_grad():
+        feats = model.volume_slice_features(vols)
+        mask2 = torch.cat([b["bool_masked_pos"]] * 2)
+        pred = model.mask_predictor(model.aggregate(model.mask_tokens(model.slice_projection(feats), mask2)))
+    assert pred.shape[-1] == model.slice_feature_dim == 8 + 16
+    assert float(out.metrics["loss_mask"]) == pytest.approx(float(masked_embedding_loss(pred, feats, mask2)),
+                                                            rel=1e-5)
+
+
+def _grad_sum(module):
+    grads = [p.grad.abs().sum() for p in module.parameters() if p.grad is not None]
+    return float(sum(grads)) if grads else 0.0
+
+
+def test_staged_schedule_follows_the_official_stages():
+    model = _model(stage_steps=[2, 2], freeze_prototypes_steps=1, weight_2d=0.5, weight_3d=2.0,
+                   weight_mask=3.0).train()
+    expected = {0: (1, {"loss_2d"}), 1: (1, {"loss_2d"}), 2: (2, {"loss_mask"}), 3: (2, {"loss_mask"}),
+                4: (3, {"loss_3d"}), 5: (3, {"loss_3d"}), 50: (3, {"loss_3d"})}
+    weight = {"loss_2d": 0.5, "loss_mask": 3.0, "loss_3d": 2.0}
+    for step, (stage, terms) in expected.items():
+        model.on_step_end(step, 100)
+        assert model.training_stage() == stage
+        model.zero_grad()
+        bn = model.encoder.embedder.embedder.normalization
+        running = bn.running_mean.clone()
+        out = model(**_batch(seed=step))
+        assert {k for k in out.metrics if k.startswith("loss_")} == terms and float(out.metrics["stage"]) == stage
+        term = terms.pop()
+        assert float(out.loss) == pytest.approx(weight[term] * float(out.metrics[term]), rel=1e-6)
+        out.loss.backward()
+        encoder_grad = _grad_sum(model.encoder)
+        if stage == 1:  # 2-D SwAV alone: no volume path
+            assert encoder_grad > 0 and _grad_sum(model.aggregator) == 0 and _grad_sum(model.prototypes_3d) == 0
+            assert (_grad_sum(model.prototypes_2d) > 0) == (step >= 1) and out.embeddings is None
+        elif stage == 2:  # masked embedding prediction on the frozen (eval-mode) encoder
+            assert encoder_grad == 0 and torch.equal(bn.running_mean, running) and model.encoder.training
+            assert _grad_sum(model.aggregator) > 0 and _grad_sum(model.mask_predictor) > 0
+            assert _grad_sum(model.slice_projection) > 0 and model.mask_token.grad.abs().sum() > 0
+            assert _grad_sum(model.projection_head) == 0 and _grad_sum(model.prototypes_3d) == 0
+        else:  # 3-D SwAV end to end; the 3-D prototypes are frozen for the stage's first step
+            assert encoder_grad > 0 and _grad_sum(model.aggregator) > 0 and _grad_sum(model.mask_predictor) == 0
+            assert (_grad_sum(model.prototypes_3d) > 0) == (step >= 5) and out.embeddings.shape == (4, 32)
+    # the stage is read from the persistent step buffer: a reloaded checkpoint resumes in the same stage
+    reloaded = Model(model.config)
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.current_step() == 50 and reloaded.training_stage() == 3
+    for bad in (dict(stage_steps=[1]), dict(stage_steps=[-1, 2]), dict(stage_steps=[1.5, 2]),
+                dict(stage_steps=[2, 0], weight_2d=0.0), dict(stage_steps=[0, 3], weight_mask=0.0),
+                dict(stage_steps=[1, 1], weight_3d=0.0)):
+        with pytest.raises(ValueError, match="stage_steps"):
+            tiny_config("image_volume_clustering", **bad)
+    assert tiny_config("image_volume_clustering", stage_steps=[0, 3], weight_2d=0.0).stage_steps == [0, 3]
 
 
 def test_view_policy_outputs_and_slice_mask():

@@ -26,6 +26,14 @@ class ImageVolumeClusteringConfig(SSLConfig):
             transformer that turns slice embeddings into the volume embedding (official d_model 640, 4 layers, FFN 720).
         num_prototypes: prototypes of the 3-D (volume-level) clustering (official 3000).
         num_prototypes_2d: prototypes of the 2-D (slice-level) clustering (VISSL SwAV: 3000).
+        volume_projection: put a SwAV projection head shaped like the 2-D one (linear - BatchNorm (if
+            `projection_batch_norm`) - ReLU - linear, `projection_hidden_dim` -> `projection_dim`) between the volume embedding and the 3-D prototypes (default True; deviation). The
+            official `ResNet_Trans` scores the L2-normalised volume embedding directly (`False`). The mean of slice
+            tokens is dominated by a component every volume shares (the ReLU features of the slice encoder, the
+            depth positions): volume embeddings start at a pairwise cosine of ~0.9999, Sinkhorn codes and
+            predictions are then uniform and the 3-D loss sits at ln K with no gradient. The head's BatchNorm
+            removes the shared component, as the 2-D SwAV head does for slices. The k-NN feature and the exported
+            encoder are unchanged (the head is training-only).
         projection_hidden_dim / projection_dim / projection_batch_norm: the 2-D SwAV projection head (2048-128, BN).
         swav_temperature: softmax temperature of the swapped prediction, both levels (official `--temperature 0.1`;
             renamed because transformers 5 reserves `temperature` on configs).
@@ -36,7 +44,13 @@ class ImageVolumeClusteringConfig(SSLConfig):
             0.1, `ceil(D * ratio)` slices; here `round`, at least one).
         num_slices_2d: slices per volume that get two 2-D views for the slice-level clustering.
         weight_2d / weight_3d / weight_mask: weights of the slice clustering, volume clustering and masked embedding
-            prediction terms (all 1; the official code optimises them in stages, see the package docstring).
+            prediction terms (all 1).
+        stage_steps: `None` (default) trains the three terms jointly from the first step. `[n_2d, n_mask]` runs the
+            official three-stage schedule inside one run, gated by the optimizer step (resume-safe): steps
+            `[0, n_2d)` optimise the 2-D slice clustering alone (official stage 1, VISSL SwAV); steps
+            `[n_2d, n_2d + n_mask)` the masked embedding prediction with the 2-D encoder frozen (eval mode, no
+            gradient; official `mask_swav_3D.py`); later steps the 3-D clustering end to end (official
+            `ssl_swav_3D.py`). Prototype freezing counts from the start of the stage that uses the prototypes.
     """
 
     model_type = "hf_ssl_image_volume_clustering"
@@ -79,7 +93,8 @@ class ImageVolumeClusteringConfig(SSLConfig):
                  projection_dim: int = 128, projection_batch_norm: bool = True, swav_temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, freeze_prototypes_steps: int = 313,
                  mask_ratio: float = 0.1, num_slices_2d: int = 4, weight_2d: float = 1.0, weight_3d: float = 1.0,
-                 weight_mask: float = 1.0, feature_pooling: str = "cls", image_mean=None, image_std=None, **kwargs):
+                 weight_mask: float = 1.0, stage_steps: Optional[list] = None, volume_projection: bool = True,
+                 feature_pooling: str = "cls", image_mean=None, image_std=None, **kwargs):
         self.volume_depth = int(volume_depth or image_size)
         self.slice_features = slice_features
         self.aggregator_hidden_size = aggregator_hidden_size
@@ -100,6 +115,8 @@ class ImageVolumeClusteringConfig(SSLConfig):
         self.weight_2d = weight_2d
         self.weight_3d = weight_3d
         self.weight_mask = weight_mask
+        self.stage_steps = None if stage_steps is None else list(stage_steps)
+        self.volume_projection = bool(volume_projection)
         image_mean = [0.5] * num_channels if image_mean is None else image_mean
         image_std = [0.25] * num_channels if image_std is None else image_std
         super().__init__(backbone_config=backbone_config, image_size=image_size, num_channels=num_channels,
@@ -135,6 +152,15 @@ class ImageVolumeClusteringConfig(SSLConfig):
         weights = (self.weight_2d, self.weight_3d, self.weight_mask)
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"weight_2d / weight_3d / weight_mask must be >= 0 and not all 0, got {list(weights)}")
+        if self.stage_steps is not None:
+            st = self.stage_steps
+            if (len(st) != 2 or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in st)):
+                raise ValueError(f"stage_steps must be None or [n_2d, n_mask], two integers >= 0, got {st!r}")
+            for n, w, name in ((st[0], self.weight_2d, "weight_2d"), (st[1], self.weight_mask, "weight_mask"),
+                               (1, self.weight_3d, "weight_3d")):
+                if n > 0 and w <= 0:
+                    raise ValueError(f"stage_steps={st} trains a stage whose term has {name}={w}; give it a "
+                                     "positive weight or a stage length of 0")
         for key in ("crop_scale", "slice_crop_scale", "slice_depth_range"):
             lo, hi = self.augmentation.get(key, (0.5, 1.0))
             if not 0 <= lo <= hi <= 1 or (key != "slice_depth_range" and lo == 0):

@@ -4,14 +4,18 @@ Data flow of one training step (B volumes of D slices, two 3-D views; S slices w
 
     slices of each 3-D view [B*D, C, H, W] --2-D encoder (stock backbone)--> multi-scale / pooled features
         --linear--> slice tokens t [B, D, d] --+ 1-D sin-cos depth positions--> slice transformer --> u [B, D, d]
-    volume embedding e = mean_D(u); z3 = e / |e| --prototypes_3d--> scores [B, K3]
+    volume embedding e = mean_D(u); z3 = h(e) / |h(e)| --prototypes_3d--> scores [B, K3]   (h = projection head
+        with BatchNorm, `volume_projection=True`; identity in the official code)
         3-D (inter-volume) clustering: q_v = Sinkhorn(scores_v) over the global batch (no gradient),
         loss_3d = mean_v CE(q_v, softmax(scores_{v'} / tau)),  v' != v                       (swapped prediction)
     masked embedding prediction: t with the masked slices replaced by a mask token --slice transformer--> linear
-        --> predictions at the masked slices; loss_mask = MSE(pred, stop_grad(t)) over masked slices only
+        --> predicted slice FEATURES at the masked slices; loss_mask = MSE(pred, stop_grad(slice features)) over
+        masked slices only (official `mask_swav_3D.py`: the targets are the 2-D encoder's features)
     2-D (intra-volume, slice-level) clustering: 2-D views of S slices --2-D encoder, pooled--> projection MLP -> L2
         --prototypes_2d--> swapped prediction with Sinkhorn codes over the global batch of slices
-    loss = weight_2d * loss_2d + weight_3d * loss_3d + weight_mask * loss_mask
+    joint (stage_steps=None): loss = weight_2d * loss_2d + weight_3d * loss_3d + weight_mask * loss_mask
+    staged (stage_steps=[n_2d, n_mask], the official schedule): stage 1 = weight_2d * loss_2d; stage 2 =
+        weight_mask * loss_mask with the 2-D encoder frozen; stage 3 = weight_3d * loss_3d
 """
 
 from __future__ import annotations
@@ -89,8 +93,10 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
             takes slices `[N, C, H, W]`).
         slice_projection: linear map of (multi-scale) slice features to the aggregator width.
         aggregator: :class:`SliceAggregator`, slice tokens -> contextual slice tokens (volume embedding = mean).
-        mask_token / mask_predictor: masked embedding prediction (a learned token, a linear decoder).
-        projection_head / prototypes_2d: slice-level SwAV head; prototypes_3d: volume-level prototypes.
+        mask_token / mask_predictor: masked embedding prediction (a learned token, a linear decoder back to the
+            slice-feature space).
+        projection_head / prototypes_2d: slice-level SwAV head; volume_projection_head (None with
+            `volume_projection=False`) / prototypes_3d: volume-level head and prototypes.
         optimizer_step: persistent buffer, optimizer steps taken (prototype freezing survives a resume).
 
     Main input `pixel_values_volumes [B, C, D, H, W]`; `get_input_features` on volumes = the aggregated volume
@@ -113,8 +119,13 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.aggregator = SliceAggregator(d, config.aggregator_layers, config.aggregator_num_heads,
                                           config.aggregator_intermediate_size)
         self.mask_token = nn.Parameter(torch.zeros(d))
-        self.mask_predictor = nn.Linear(d, d)
-        self.prototypes_3d = Prototypes(d, config.num_prototypes)
+        self.mask_predictor = nn.Linear(d, self.slice_feature_dim)
+        # optional SwAV projection head on the volume embedding (config.volume_projection; the official code has none)
+        self.volume_projection_head = (MLPHead(d, config.projection_hidden_dim, config.projection_dim,
+                                               batch_norm=config.projection_batch_norm)
+                                       if config.volume_projection else None)
+        self.prototypes_3d = Prototypes(config.projection_dim if config.volume_projection else d,
+                                        config.num_prototypes)
         self.projection_head = MLPHead(feature_dim(bb), config.projection_hidden_dim, config.projection_dim,
                                        batch_norm=config.projection_batch_norm)
         self.prototypes_2d = Prototypes(config.projection_dim, config.num_prototypes_2d)
@@ -140,8 +151,25 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
             self._host_step = int(self.optimizer_step)
         return self._host_step
 
+    def training_stage(self) -> int:
+        """0 = joint training (`stage_steps=None`); 1 / 2 / 3 = the official stages (2-D clustering, masked embedding
+        prediction on the frozen encoder, 3-D clustering), chosen by the optimizer step."""
+        stages = self.config.stage_steps
+        if stages is None:
+            return 0
+        step = self.current_step()
+        if step < stages[0]:
+            return 1
+        return 2 if step < stages[0] + stages[1] else 3
+
+    def stage_start(self) -> int:
+        stages, stage = self.config.stage_steps, self.training_stage()
+        return 0 if stage <= 1 else stages[0] if stage == 2 else stages[0] + stages[1]
+
     def prototypes_frozen(self) -> bool:
-        return self.current_step() < self.config.freeze_prototypes_steps
+        """Prototypes get no gradient for `freeze_prototypes_steps` steps from the start of the (joint) run or of the
+        stage that uses them."""
+        return self.current_step() - self.stage_start() < self.config.freeze_prototypes_steps
 
     @torch.no_grad()
     def on_step_end(self, step: int, max_steps: int) -> None:
@@ -175,11 +203,24 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
             return torch.cat([F.normalize(s.mean(dim=(2, 3)), dim=1) for s in stages], dim=1)
         return encode(self.encoder, slices, self.config.feature_pooling)
 
+    def volume_slice_features(self, volumes: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Volumes `[B, C, D, H, W]` -> slice features `[B, D, F]` (the 2-D encoder on every slice). `frozen` runs
+        the encoder in eval mode without gradient (the official stage 2: `resnet.eval()`, not optimised)."""
+        b, _, d, _, _ = volumes.shape
+        slices = self.export_check_input(volumes)
+        if not frozen:
+            return self.slice_features(slices).view(b, d, -1)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.no_grad():
+                return self.slice_features(slices).view(b, d, -1)
+        finally:
+            self.encoder.train(was_training)
+
     def slice_tokens(self, volumes: torch.Tensor) -> torch.Tensor:
         """Volumes `[B, C, D, H, W]` -> slice tokens `[B, D, d]` (2-D encoder on every slice, then projection)."""
-        b, _, d, _, _ = volumes.shape
-        feats = self.slice_features(self.export_check_input(volumes))
-        return self.slice_projection(feats).view(b, d, -1)
+        return self.slice_projection(self.volume_slice_features(volumes))
 
     def aggregate(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.aggregator(tokens)
@@ -256,7 +297,7 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
 
         Returns:
             `SSLOutput(loss, embeddings = volume embeddings of view 1, logits = 3-D prototype scores of view 1,
-            metrics)`.
+            metrics)`; embeddings / logits are None in stages 1 and 2 of the staged schedule (no 3-D term).
         """
         cfg = self.config
         if pixel_values_volumes is None:
@@ -277,36 +318,52 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
         device = pixel_values_volumes[0].device
         mask = self._check_slice_mask(bool_masked_pos, b, device)
 
-        tokens = self.slice_tokens(torch.cat(list(pixel_values_volumes)))  # [2B, D, d]
-        embeddings = self.aggregate(tokens).mean(dim=1)
-        z3 = F.normalize(embeddings, dim=1)
-        scores3 = self.prototype_scores(self.prototypes_3d, z3)
-        loss_3d, codes3 = swapped_prediction_loss(list(scores3.split(b)), cfg.swav_temperature, cfg.sinkhorn_epsilon,
-                                                  cfg.sinkhorn_iterations)
-        mask2 = torch.cat([mask, mask])
-        pred = self.mask_predictor(self.aggregate(self.mask_tokens(tokens, mask2)))
-        loss_mask = masked_embedding_loss(pred, tokens, mask2)
-
-        loss = cfg.weight_3d * loss_3d + cfg.weight_mask * loss_mask
-        metrics = {"loss_3d": loss_3d.detach(), "loss_mask": loss_mask.detach()}
-        if cfg.weight_2d > 0:
+        stage = self.training_stage()
+        use_2d = stage in (0, 1) and cfg.weight_2d > 0
+        loss, metrics = 0.0, {}
+        embeddings = scores3 = codes3 = None
+        if stage != 1:
+            volumes = torch.cat(list(pixel_values_volumes))
+            feats = self.volume_slice_features(volumes, frozen=stage == 2)  # [2B, D, F]
+            tokens = self.slice_projection(feats)  # [2B, D, d]
+        if stage in (0, 3):
+            embeddings = self.aggregate(tokens).mean(dim=1)
+            head = self.volume_projection_head
+            z3 = F.normalize(embeddings if head is None else head(embeddings), dim=1)
+            scores3 = self.prototype_scores(self.prototypes_3d, z3)
+            loss_3d, codes3 = swapped_prediction_loss(list(scores3.split(b)), cfg.swav_temperature,
+                                                      cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+            loss = loss + cfg.weight_3d * loss_3d
+            metrics["loss_3d"] = loss_3d.detach()
+        if stage in (0, 2):
+            mask2 = torch.cat([mask, mask])
+            pred = self.mask_predictor(self.aggregate(self.mask_tokens(tokens, mask2)))
+            loss_mask = masked_embedding_loss(pred, feats, mask2)
+            loss = loss + cfg.weight_mask * loss_mask
+            metrics["loss_mask"] = loss_mask.detach()
+        if use_2d:
             if pixel_values is None:
                 raise ValueError("weight_2d > 0 needs pixel_values = [s1, s2], two 2-D views of sampled slices "
                                  "[batch, slices, channels, height, width]")
             s1, s2 = self._check_slices(pixel_values, b)
-            feats = encode(self.encoder, torch.cat([s1, s2]), cfg.feature_pooling)
-            z2 = F.normalize(self.projection_head(feats), dim=1)
+            feats2 = encode(self.encoder, torch.cat([s1, s2]), cfg.feature_pooling)
+            z2 = F.normalize(self.projection_head(feats2), dim=1)
             scores2 = self.prototype_scores(self.prototypes_2d, z2)
             loss_2d, _ = swapped_prediction_loss(list(scores2.split(s1.shape[0])), cfg.swav_temperature,
                                                  cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
             loss = loss + cfg.weight_2d * loss_2d
             metrics["loss_2d"] = loss_2d.detach()
         with torch.no_grad():
-            q = torch.cat(codes3)
-            usage = torch.zeros(cfg.num_prototypes, device=q.device).scatter_(0, q.argmax(dim=1), 1.0)
-            metrics["prototype_usage_3d"] = usage.mean()
-            metrics["prototypes_frozen"] = torch.tensor(float(self.prototypes_frozen()), device=q.device)
-        output = SSLOutput(loss=loss, embeddings=embeddings[:b].detach(), logits=scores3[:b], metrics=metrics)
+            device = pixel_values_volumes[0].device
+            if codes3 is not None:
+                q = torch.cat(codes3)
+                usage = torch.zeros(cfg.num_prototypes, device=q.device).scatter_(0, q.argmax(dim=1), 1.0)
+                metrics["prototype_usage_3d"] = usage.mean()
+            metrics["prototypes_frozen"] = torch.tensor(float(self.prototypes_frozen()), device=device)
+            if stage:
+                metrics["stage"] = torch.tensor(float(stage), device=device)
+        output = SSLOutput(loss=loss, embeddings=None if embeddings is None else embeddings[:b].detach(),
+                           logits=None if scores3 is None else scores3[:b], metrics=metrics)
         return output if return_dict else output.to_tuple()
 
 
