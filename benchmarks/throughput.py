@@ -13,6 +13,7 @@ Images/s counts source images (one image -> all its views).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -21,7 +22,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 import numpy as np
 import torch
@@ -95,10 +95,31 @@ def method_config(name, backbone, image_size):
     return spec.make_config(preset)
 
 
+@contextlib.contextmanager
+def _features_with_grad(model):
+    """The feature paths (`get_image_features` / `get_input_features`) are @torch.no_grad for evaluation; the bare
+    step needs them differentiable, including a decorated parent an override reaches through `super()` (the volume
+    mixin under Alice). Unwraps them on every class of the model's MRO for the duration, then restores them."""
+    patched = []
+    for cls in type(model).__mro__:
+        for attr in ("get_image_features", "get_input_features"):
+            fn = cls.__dict__.get(attr)
+            if fn is not None and inspect.unwrap(fn) is not fn:
+                patched.append((cls, attr, fn))
+                setattr(cls, attr, inspect.unwrap(fn))
+    try:
+        yield
+    finally:
+        for cls, attr, fn in reversed(patched):
+            setattr(cls, attr, fn)
+
+
 def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype, channels_last=False,
                  compile=False):
     spec = get_method(name)
     config = method_config(name, backbone, image_size)
+    if getattr(config, "stage_steps", None) is not None:  # a staged schedule is timed with every term on (joint)
+        config.stage_steps = None
     torch.manual_seed(0)
     model = spec.model_class(config).to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
@@ -109,8 +130,6 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
     bare = copy.deepcopy(model).train()
     for param in bare.parameters():
         param.requires_grad_(True)
-    for attr in ("get_image_features", "get_input_features"):  # the feature paths are @no_grad for evaluation
-        setattr(bare, attr, types.MethodType(inspect.unwrap(getattr(type(bare), attr)), bare))
     if channels_last:  # what SSLTrainingArguments(channels_last=True) does
         from hf_ssl.training.trainer import _to_channels_last
 
@@ -131,13 +150,13 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
         step_counter[0] += 1
         model.on_step_end(step_counter[0], 10**6)
 
-    with autocast:
+    with autocast, _features_with_grad(bare):
         probe = bare.get_input_features(x)
     bare_params = [p for p in bare.parameters()]
     eopt = torch.optim.AdamW(bare_params, lr=1e-4, fused=device.type == "cuda")
 
     def backbone_step():
-        with autocast:
+        with autocast, _features_with_grad(bare):
             out = bare.get_input_features(x)
         out.float().pow(2).mean().backward()
         eopt.step()
