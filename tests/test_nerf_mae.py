@@ -187,3 +187,58 @@ def test_tiny_training_run_and_save_load(tmp_path):
     reloaded = AutoModel.from_pretrained(tmp_path / "ckpt").eval()
     x = _radiance()
     assert torch.equal(model.eval().get_input_features(x), reloaded.get_input_features(x))
+
+
+def test_geometry_only_keeps_density_and_greys_the_colour():
+    model = _model().eval()
+    cfg = model.config
+    raw = _radiance()
+    recoloured = raw.clone()
+    recoloured[:, :3] = torch.rand(2, 3, 16, 16, 16, generator=torch.Generator().manual_seed(4))
+    mean = torch.tensor(cfg.image_mean).view(1, 4, 1, 1, 1)
+    std = torch.tensor(cfg.image_std).view(1, 4, 1, 1, 1)
+    a = model.geometry_only((raw - mean) / std) * std + mean
+    b = model.geometry_only((recoloured - mean) / std) * std + mean
+    assert torch.allclose(a[:, 3], raw[:, 3], atol=1e-5)  # density untouched
+    assert torch.allclose(a[:, :3], 0.5 * raw[:, 3:4].expand(-1, 3, -1, -1, -1), atol=1e-5)  # grey * alpha
+    assert torch.allclose(a, b, atol=1e-5)  # colours no longer matter
+    with pytest.raises(ValueError, match="density channel"):
+        _model(density_channel=None).geometry_only(raw)
+
+
+def _write_radiance_folder(root, hue_shift=0.0, size=16):
+    """A tiny labelled radiance dataset `<root>/{train,test}/<class>/<i>.tif` (real generator, 2 shape classes);
+    `hue_shift` rotates every volume's colours (same geometry, other scene colours)."""
+    import numpy as np
+
+    from hf_ssl.training.volumes import generate_shape_volume, save_volume_tiff
+
+    for split, n, seed in (("train", 4, 0), ("test", 2, 1)):
+        for c, shape in enumerate(("sphere", "torus")):
+            rng = np.random.default_rng([seed, c])
+            d = os.path.join(root, split, f"{c:02d}_{shape}")
+            os.makedirs(d, exist_ok=True)
+            for i in range(n):
+                vol = generate_shape_volume(shape, rng, size=size, radiance=True)
+                if hue_shift:
+                    vol[..., :3] = np.roll(vol[..., :3], 1, axis=-1) * (vol[..., 3:] > 0.01)
+                save_volume_tiff(vol, os.path.join(d, f"{i}.tif"))
+    return str(root)
+
+
+def test_geometry_knn_task_metric_ignores_scene_colours(tmp_path):
+    model = _model().eval()
+    plain = _write_radiance_folder(tmp_path / "plain")
+    shifted = _write_radiance_folder(tmp_path / "shifted", hue_shift=1.0)
+    m1, m2 = model.task_metrics(plain, "test"), model.task_metrics(shifted, "test")
+    assert set(m1) == {"geometry_knn_accuracy"} and 0.0 <= m1["geometry_knn_accuracy"] <= 1.0
+    assert m1 == m2  # same geometry, other colours: same metric
+    # the ordinary features do see the colours
+    from hf_ssl.training.data import labeled_eval_dataset
+    from hf_ssl.training.evaluation import extract_features
+
+    f1, _ = extract_features(model, labeled_eval_dataset(plain, "test", model.config), disable_progress=True)
+    f2, _ = extract_features(model, labeled_eval_dataset(shifted, "test", model.config), disable_progress=True)
+    assert not torch.allclose(torch.tensor(f1), torch.tensor(f2), atol=1e-4)
+    # generic intensity volumes (no density channel) have no geometry metric
+    assert _model(num_channels=1, density_channel=None, image_mean=[0.5], image_std=[0.25]).task_metrics(plain) == {}

@@ -12,9 +12,11 @@ from tqdm.auto import tqdm
 
 @torch.no_grad()
 def extract_features(model, dataset, batch_size: int = 256, device=None, num_workers: int = 0,
-                     desc: str = "features", disable_progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                     desc: str = "features", disable_progress: bool = False,
+                     feature_fn=None) -> Tuple[np.ndarray, np.ndarray]:
     """Pooled features and labels of a labeled `SSLViewDataset`: `model.get_input_features` on the model's main
-    input (`main_input_name`; images for most methods, clips for video methods), else `get_image_features`."""
+    input (`main_input_name`; images for most methods, clips for video methods), else `get_image_features`.
+    `feature_fn(inputs)` replaces that feature path (a method's task metric on transformed inputs)."""
     from .data import SSLDataCollator
 
     device = device or next(model.parameters()).device
@@ -29,7 +31,7 @@ def extract_features(model, dataset, batch_size: int = 256, device=None, num_wor
             key = key if key in batch else "pixel_values"
             if key not in batch:
                 continue
-            fn = getattr(model, "get_input_features", None) or model.get_image_features
+            fn = feature_fn or getattr(model, "get_input_features", None) or model.get_image_features
             f = fn(batch[key].to(device))
             feats.append(f.float().cpu())
             labels.append(batch["labels"])

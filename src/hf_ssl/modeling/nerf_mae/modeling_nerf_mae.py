@@ -115,6 +115,52 @@ class NeRFMAEForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel)
             color_loss = alpha_loss.new_zeros(())
         return {"loss": color_loss + alpha_loss, "color_loss": color_loss, "alpha_loss": alpha_loss}
 
+    # -- task metric ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def geometry_only(self, volumes: torch.Tensor, grey: float = 0.5) -> torch.Tensor:
+        """Normalised radiance grids `[B, C, D, H, W]` -> the same grids with their colour replaced by a uniform
+        `grey * alpha` (the density channel is kept), normalised again: the scene's geometry without its colours."""
+        cfg = self.config
+        if cfg.density_channel is None:
+            raise ValueError("geometry_only needs radiance grids with a density channel (config.density_channel)")
+        self.check_volumes(volumes)
+        c = cfg.num_channels
+        mean = torch.tensor(cfg.image_mean, device=volumes.device, dtype=volumes.dtype).view(1, c, 1, 1, 1)
+        std = torch.tensor(cfg.image_std, device=volumes.device, dtype=volumes.dtype).view(1, c, 1, 1, 1)
+        raw = volumes * std + mean
+        alpha = raw[:, cfg.density_channel: cfg.density_channel + 1]
+        colour = [i for i in range(c) if i != cfg.density_channel]
+        raw = raw.clone()
+        raw[:, colour] = (grey * alpha).expand(-1, len(colour), -1, -1, -1)
+        return (raw - mean) / std
+
+    def task_metrics(self, dataset: str, split: str = "test", max_samples: Optional[int] = None, k: int = 20,
+                     temperature: float = 0.07, **kwargs) -> dict:
+        """Geometry k-NN: the weighted k-NN accuracy of the pooled encoder features on the density field alone
+        (colour replaced by uniform grey where occupied, :meth:`geometry_only`), bank = the `train` split, queries
+        = `split`. It measures shape-class retrieval from geometry, what NeRF-MAE's downstream 3-D tasks (boxes,
+        voxel labels) rely on; scene colours (in the built-in grids a random hue and texture per volume, independent
+        of the class) are left out. `{}` without a density channel or labelled splits. `hf-ssl pretrain` reports it
+        for the random-init and the trained model."""
+        from ...training.data import labeled_eval_dataset
+        from ...training.evaluation import extract_features, knn_and_linear_metrics
+
+        if self.config.density_channel is None or self.config.num_channels < 2:
+            return {}
+        try:
+            bank = labeled_eval_dataset(dataset, "train", self.config, max_samples=max_samples)
+            queries = labeled_eval_dataset(dataset, split, self.config, max_samples=max_samples)
+        except (ValueError, FileNotFoundError):
+            return {}
+
+        def features(x):
+            return self.get_input_features(self.geometry_only(x))
+
+        train = extract_features(self, bank, desc="geometry k-NN bank", feature_fn=features)
+        test = extract_features(self, queries, desc="geometry k-NN queries", feature_fn=features)
+        out = knn_and_linear_metrics(train, test, k=k, temperature=temperature)
+        return {"geometry_knn_accuracy": out["knn_accuracy"]}
+
     def forward(self, pixel_values_volumes: torch.Tensor = None, bool_masked_pos: Optional[torch.Tensor] = None,
                 return_dict: bool = True, **kwargs):
         """
