@@ -13,7 +13,8 @@ from hf_ssl.training.data import (SSLDataCollator, SSLViewDataset, UndecodableIm
                                   load_image_stream, materialize_builtin)
 from hf_ssl.training.volumes import (BUILTIN_TEST_PER_CLASS, BUILTIN_TRAIN_PER_CLASS, SHAPE_CLASSES,
                                      VolumeAugment, VolumeEvalPolicy, frames_to_volume, generate_shape_volume,
-                                     random_crop_box_3d, resize_volume, save_volume_tiff)
+                                     normalize_volume_intensity, random_crop_box_3d, resize_volume,
+                                     save_volume_tiff)
 
 
 def _tiff_bytes(volume, bits=8):
@@ -138,3 +139,57 @@ def test_synthetic_shapes_are_seeded_distinct_and_split(tmp_path):
         labels = sorted(os.listdir(os.path.join(root, split)))
         assert labels == [f"{i:02d}_{s}" for i, s in enumerate(SHAPE_CLASSES)]
         assert all(len(os.listdir(os.path.join(root, split, lab))) == n for lab in labels)
+
+
+def test_percentile_intensity_normalisation_removes_each_volume_s_levels():
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(size=(2, 6, 8, 8)).astype(np.float32)
+    vol[1] = vol[1] * 0.3 + 0.1  # the second channel lives on its own range
+    out = normalize_volume_intensity(vol, "percentile", (1, 99))
+    for c in range(2):  # per channel: its 1st / 99th percentiles go to 0 / 1, values outside are clipped
+        lo, hi = np.percentile(vol[c], 1), np.percentile(vol[c], 99)
+        assert np.allclose(out[c], np.clip((vol[c] - lo) / (hi - lo), 0, 1), atol=1e-6)
+        assert out[c].min() == 0.0 and out[c].max() == 1.0
+    # invariant to a per-volume gain and offset (scanner / stack intensity levels)
+    assert np.allclose(normalize_volume_intensity(2.5 * vol + 0.3, "percentile", (1, 99)), out, atol=1e-5)
+    assert normalize_volume_intensity(vol, None) is vol
+    with pytest.raises(ValueError, match="intensity_normalization"):
+        normalize_volume_intensity(vol, "zscore")
+    with pytest.raises(ValueError, match="intensity_percentiles"):
+        normalize_volume_intensity(vol, "percentile", (90, 10))
+
+
+def test_intensity_normalisation_is_the_same_in_training_views_evaluation_and_the_image_processor(tmp_path):
+    from hf_ssl.modeling.image_volume_clustering import ImageVolumeClusteringConfig
+    from hf_ssl.modeling.image_volume_clustering.image_processing_image_volume_clustering import (
+        ImageVolumeClusteringImageProcessor)
+    from hf_ssl.modeling.image_volume_clustering.views_image_volume_clustering import ImageVolumeViewsPolicy
+
+    config = ImageVolumeClusteringConfig(backbone_config="resnet-tiny", num_channels=1, image_size=8, volume_depth=6,
+                                         augmentation={"intensity_normalization": "percentile"})
+    base = generate_shape_volume("torus", np.random.default_rng(1), size=8)
+    dark, bright = 0.05 + 0.3 * base, 0.4 + 0.6 * base  # one shape at two intensity levels
+    frames = {}
+    for name, vol in (("dark", dark), ("bright", bright)):
+        save_volume_tiff(vol, str(tmp_path / f"{name}.tif"))
+        frames[name] = decode_frames(open(tmp_path / f"{name}.tif", "rb").read(), None)
+    ev = VolumeEvalPolicy(config)
+    a, b = ev(frames["dark"])["pixel_values_volumes"], ev(frames["bright"])["pixel_values_volumes"]
+    assert torch.allclose(a, b, atol=0.1)  # equal up to 8-bit quantisation (a dark level step is ~0.05 here)
+    plain = VolumeEvalPolicy(ImageVolumeClusteringConfig(backbone_config="resnet-tiny", num_channels=1, image_size=8,
+                                                         volume_depth=6))
+    plain_gap = (plain(frames["dark"])["pixel_values_volumes"] - plain(frames["bright"])["pixel_values_volumes"]).abs()
+    assert float(plain_gap.mean()) > 10 * float((a - b).abs().mean())  # without it the levels stay apart
+    # training views start from the same normalised volume (same seed -> same views for both levels)
+    train = ImageVolumeViewsPolicy(config)
+    va = train(frames["dark"], np.random.default_rng(3))["pixel_values_volumes"][0]
+    vb = train(frames["bright"], np.random.default_rng(3))["pixel_values_volumes"][0]
+    assert torch.allclose(va, vb, atol=0.1)
+    # the image processor built from the config preprocesses exactly as evaluation does, and saves the setting
+    proc = ImageVolumeClusteringImageProcessor.from_ssl_config(config)
+    out = proc.preprocess_volumes([open(tmp_path / "dark.tif", "rb").read()], volume_depth=6)["pixel_values_volumes"]
+    assert torch.allclose(out[0], a, atol=1e-5)
+    proc.save_pretrained(tmp_path / "proc")
+    assert ImageVolumeClusteringImageProcessor.from_pretrained(tmp_path / "proc").intensity_normalization == "percentile"
+    with pytest.raises(ValueError, match="intensity_normalization"):
+        ImageVolumeClusteringConfig(backbone_config="resnet-tiny", augmentation={"intensity_normalization": "zscore"})

@@ -3,7 +3,9 @@
 Layout: a volume batch is `pixel_values_volumes` `[B, C, D, H, W]` (MONAI / medical convention). On disk a volume
 is ONE multi-page TIFF (one page per depth slice, 8- or 16-bit grey, RGB or RGBA pages), or a dataset column
 holding the list of its slice images. `SSLViewDataset` hands policies that declare `wants_frames = True` all pages
-of the file (`data.decode_frames`); `frames_to_volume` turns them into a float array in [0, 1].
+of the file (`data.decode_frames`); `frames_to_volume` turns them into a float array in [0, 1]. Optionally
+(`augmentation["intensity_normalization"] = "percentile"`) each decoded volume is rescaled per channel from its
+own intensity percentiles to [0, 1] (`normalize_volume_intensity`), in training, evaluation and the image processor.
 
 Augmentation is numpy only (no torchvision / MONAI): random 3-D crop of a random volume fraction and per-axis
 aspect, trilinear resize to the model's grid, independent flips of the three axes, optional in-plane 90 degree
@@ -231,6 +233,32 @@ def _resize_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
     return np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
 
 
+INTENSITY_NORMALIZATIONS = (None, "percentile")
+
+
+def normalize_volume_intensity(volume: np.ndarray, mode: Optional[str] = None,
+                               percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+    """Per-volume, per-channel intensity normalisation of a `[C, D, H, W]` array (the usual preprocessing of CT / MRI
+    / microscopy stacks, e.g. torchio's `RescaleIntensity(percentiles=...)`, nnU-Net's per-image normalisation):
+    `"percentile"` maps the `percentiles` (low, high) of each channel to [0, 1] and clips; `None` returns the volume
+    unchanged. Scanner- or stack-specific intensity levels then carry no identity a model could latch onto."""
+    check_intensity_normalization(mode, percentiles)
+    if mode is None:
+        return volume
+    vol = np.asarray(volume, dtype=np.float32)
+    lo = np.percentile(vol, percentiles[0], axis=(1, 2, 3), keepdims=True)
+    hi = np.percentile(vol, percentiles[1], axis=(1, 2, 3), keepdims=True)
+    return np.clip((vol - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def check_intensity_normalization(mode, percentiles) -> None:
+    if mode not in INTENSITY_NORMALIZATIONS:
+        raise ValueError(f"intensity_normalization must be one of {INTENSITY_NORMALIZATIONS}, got {mode!r}")
+    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+        raise ValueError(f"intensity_percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                         f"{list(percentiles)}")
+
+
 def resize_volume(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Trilinear (half-pixel centres, `align_corners=False`) resize of `[C, D, H, W]` to `[C, *shape]`; integer
     down-sampling factors use box averaging."""
@@ -356,9 +384,15 @@ class VolumePolicy:
         self.aug = dict(config.augmentation)
         self.num_channels = int(config.num_channels)
         self.shape = volume_shape(config)
+        # optional per-volume intensity normalisation (`augmentation["intensity_normalization"]`), applied to the
+        # decoded volume before any view, for training and evaluation alike (the image processor does the same)
+        self.intensity_normalization = self.aug.get("intensity_normalization")
+        self.intensity_percentiles = tuple(self.aug.get("intensity_percentiles", (0.5, 99.5)))
+        check_intensity_normalization(self.intensity_normalization, self.intensity_percentiles)
 
     def volume(self, frames) -> np.ndarray:
-        return frames_to_volume(frames, self.num_channels)
+        vol = frames_to_volume(frames, self.num_channels)
+        return normalize_volume_intensity(vol, self.intensity_normalization, self.intensity_percentiles)
 
 
 @register_view_policy("volume_eval")
@@ -412,7 +446,7 @@ class VolumeMaskedPolicy(VolumePolicy):
 __all__ = ["VOLUME_KEY", "SHAPE_CLASSES", "BUILTIN_VOLUME_DATASETS", "generate_shape_volume", "save_volume_tiff",
            "materialize_volume_builtin", "frames_to_volume", "resize_volume", "random_crop_box_3d", "VolumeAugment",
            "volume_augment_from_config", "volume_shape", "VolumePolicy", "VolumeEvalPolicy", "VolumeTwoViewPolicy",
-           "VolumeMaskedPolicy"]
+           "VolumeMaskedPolicy", "normalize_volume_intensity", "INTENSITY_NORMALIZATIONS"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,11 +459,26 @@ class VolumeProcessorMixin:
     normalised with `image_mean` / `image_std`). The saved processor config stays a stock 2-D one (slices)."""
 
     model_input_names = [VOLUME_KEY]
+    intensity_normalization = None
+    intensity_percentiles = (0.5, 99.5)
+
+    @classmethod
+    def from_ssl_config(cls, config, **kwargs):
+        """As the base, plus the config's per-volume intensity normalisation (`augmentation` keys
+        `intensity_normalization` / `intensity_percentiles`), so inference sees volumes as training did."""
+        aug = getattr(config, "augmentation", None) or {}
+        if aug.get("intensity_normalization") is not None:
+            kwargs.setdefault("intensity_normalization", aug["intensity_normalization"])
+            kwargs.setdefault("intensity_percentiles", list(aug.get("intensity_percentiles", (0.5, 99.5))))
+        return super().from_ssl_config(config, **kwargs)
 
     def preprocess_volumes(self, volumes, volume_depth: Optional[int] = None, return_tensors: str = "pt"):
         from transformers import BatchFeature
 
         from .data import decode_frames
+
+        norm, percentiles = self.intensity_normalization, tuple(self.intensity_percentiles)
+        check_intensity_normalization(norm, percentiles)
 
         mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1, 1, 1)
         std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1, 1, 1)
@@ -445,6 +494,7 @@ class VolumeProcessorMixin:
                     raise ValueError(f"array volumes must be [D, H, W] or [{c}, D, H, W], got {list(arr.shape)}")
             else:
                 arr = frames_to_volume(decode_frames(v, None), c)
+            arr = normalize_volume_intensity(arr, norm, percentiles)
             out.append((resize_volume(arr, shape) - mean) / std)
         data = {VOLUME_KEY: torch.from_numpy(np.stack(out).astype(np.float32))}
         return BatchFeature(data=data, tensor_type=return_tensors if return_tensors != "pt" else None)

@@ -77,6 +77,10 @@ class ImageVolumeClusteringConfig(SSLConfig):
         "crop_ratio": [0.75, 1.3333333333333333],
         "flip": 0.5,
         "rotate90": 0.0,
+        # per-volume intensity normalisation before any view ("percentile": each volume's 0.5 / 99.5 percentiles ->
+        # [0, 1], training, evaluation and the image processor); off by default as in the released loader
+        "intensity_normalization": None,
+        "intensity_percentiles": [0.5, 99.5],
         "intensity": 0.8,
         "gamma": [0.7, 1.5],
         "noise_std": 0.03,
@@ -165,6 +169,10 @@ class ImageVolumeClusteringConfig(SSLConfig):
             lo, hi = self.augmentation.get(key, (0.5, 1.0))
             if not 0 <= lo <= hi <= 1 or (key != "slice_depth_range" and lo == 0):
                 raise ValueError(f"augmentation[{key!r}] must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
+        from ...training.volumes import check_intensity_normalization
+
+        check_intensity_normalization(self.augmentation.get("intensity_normalization"),
+                                      tuple(self.augmentation.get("intensity_percentiles", (0.5, 99.5))))
 
 
 __all__ = ["ImageVolumeClusteringConfig"]
