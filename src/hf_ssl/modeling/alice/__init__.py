@@ -51,7 +51,10 @@ Deviations from the paper / official code:
    `shared_head_teacher=True`); no first-epoch last-layer freezing, weight-decay schedule or gradient clipping in
    the model (trainer settings); schedules in steps (the warm-up as a fraction of training).
 6. Augmentation: numpy crop / flips / intensity jitter (`training/volumes.py`) instead of MONAI transforms; data:
-   `builtin:shapes3d` (synthetic grey 32^3 shape volumes, ten classes), no CT ships offline.
+   `builtin:shapes3d` (synthetic grey 32^3 shape volumes, ten classes), no CT ships offline. The cpu-demo rescales
+   each volume from its own 0.5 / 99.5 intensity percentiles (`augmentation["intensity_normalization"]`, CT / MRI
+   style preprocessing): the built-in volumes differ in background / foreground level, which the views share; with
+   it k-NN 0.160 -> 0.230 in 300 steps, without it 0.180 -> 0.183.
 """
 
 from ...training import volumes as _volumes  # noqa: F401  (registers the volume view policies)
@@ -79,7 +82,8 @@ METHOD = MethodSpec(
         "cpu-demo": dict(backbone_config=_DEMO_ENCODER, image_size=32, head_out_dim=256, patch_out_dim=256,
                          head_hidden_dim=512, head_bottleneck_dim=128, decoder_hidden_size=64, decoder_depth=1,
                          decoder_num_heads=4, cafa_num_heads=4, cafa_head_dim=32, cafa_intermediate_size=512,
-                         teacher_temperature=0.04, warmup_teacher_temperature=0.04),
+                         teacher_temperature=0.04, warmup_teacher_temperature=0.04,
+                         augmentation={"intensity_normalization": "percentile"}),
     },
     demo_training={"max_steps": 300, "learning_rate": 5e-4},
     default_dataset="builtin:shapes3d",
