@@ -193,3 +193,9 @@ def test_intensity_normalisation_is_the_same_in_training_views_evaluation_and_th
     assert ImageVolumeClusteringImageProcessor.from_pretrained(tmp_path / "proc").intensity_normalization == "percentile"
     with pytest.raises(ValueError, match="intensity_normalization"):
         ImageVolumeClusteringConfig(backbone_config="resnet-tiny", augmentation={"intensity_normalization": "zscore"})
+    # the check is the shared config validation: every volume method refuses bad settings at config time
+    from tiny_configs import tiny_config
+
+    for method in ("alice", "nerf_mae"):
+        with pytest.raises(ValueError, match="intensity_percentiles"):
+            tiny_config(method, augmentation={"intensity_normalization": "percentile", "intensity_percentiles": [99, 1]})

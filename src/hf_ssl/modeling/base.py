@@ -104,6 +104,10 @@ class SSLConfig(PretrainedConfig):
             )
         if any(s <= 0 for s in self.image_std):
             raise ValueError("image_std values must be positive")
+        if "intensity_normalization" in self.augmentation:  # volume policies' per-volume intensity preprocessing
+            from ..training.volumes import intensity_settings
+
+            intensity_settings(self.augmentation)
         if backbone_family(self.backbone_config) == "vit":
             patch = self.backbone_config.patch_size
             if self.image_size % patch:

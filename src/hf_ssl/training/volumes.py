@@ -234,10 +234,11 @@ def _resize_axis(x: np.ndarray, n: int, axis: int) -> np.ndarray:
 
 
 INTENSITY_NORMALIZATIONS = (None, "percentile")
+DEFAULT_INTENSITY_PERCENTILES = (0.5, 99.5)
 
 
 def normalize_volume_intensity(volume: np.ndarray, mode: Optional[str] = None,
-                               percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+                               percentiles: Sequence[float] = DEFAULT_INTENSITY_PERCENTILES) -> np.ndarray:
     """Per-volume, per-channel intensity normalisation of a `[C, D, H, W]` array (the usual preprocessing of CT / MRI
     / microscopy stacks, e.g. torchio's `RescaleIntensity(percentiles=...)`, nnU-Net's per-image normalisation):
     `"percentile"` maps the `percentiles` (low, high) of each channel to [0, 1] and clips; `None` returns the volume
@@ -249,6 +250,16 @@ def normalize_volume_intensity(volume: np.ndarray, mode: Optional[str] = None,
     lo = np.percentile(vol, percentiles[0], axis=(1, 2, 3), keepdims=True)
     hi = np.percentile(vol, percentiles[1], axis=(1, 2, 3), keepdims=True)
     return np.clip((vol - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def intensity_settings(augmentation) -> Tuple[Optional[str], Tuple[float, float]]:
+    """`(mode, percentiles)` of an augmentation policy's `intensity_normalization` / `intensity_percentiles` keys,
+    validated (the one reader of these keys: view policies, image processors and config validation)."""
+    augmentation = augmentation or {}
+    mode = augmentation.get("intensity_normalization")
+    percentiles = tuple(augmentation.get("intensity_percentiles", DEFAULT_INTENSITY_PERCENTILES))
+    check_intensity_normalization(mode, percentiles)
+    return mode, percentiles
 
 
 def check_intensity_normalization(mode, percentiles) -> None:
@@ -386,9 +397,7 @@ class VolumePolicy:
         self.shape = volume_shape(config)
         # optional per-volume intensity normalisation (`augmentation["intensity_normalization"]`), applied to the
         # decoded volume before any view, for training and evaluation alike (the image processor does the same)
-        self.intensity_normalization = self.aug.get("intensity_normalization")
-        self.intensity_percentiles = tuple(self.aug.get("intensity_percentiles", (0.5, 99.5)))
-        check_intensity_normalization(self.intensity_normalization, self.intensity_percentiles)
+        self.intensity_normalization, self.intensity_percentiles = intensity_settings(self.aug)
 
     def volume(self, frames) -> np.ndarray:
         vol = frames_to_volume(frames, self.num_channels)
@@ -446,7 +455,8 @@ class VolumeMaskedPolicy(VolumePolicy):
 __all__ = ["VOLUME_KEY", "SHAPE_CLASSES", "BUILTIN_VOLUME_DATASETS", "generate_shape_volume", "save_volume_tiff",
            "materialize_volume_builtin", "frames_to_volume", "resize_volume", "random_crop_box_3d", "VolumeAugment",
            "volume_augment_from_config", "volume_shape", "VolumePolicy", "VolumeEvalPolicy", "VolumeTwoViewPolicy",
-           "VolumeMaskedPolicy", "normalize_volume_intensity", "INTENSITY_NORMALIZATIONS"]
+           "VolumeMaskedPolicy", "normalize_volume_intensity", "intensity_settings", "INTENSITY_NORMALIZATIONS",
+           "DEFAULT_INTENSITY_PERCENTILES"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,16 +470,16 @@ class VolumeProcessorMixin:
 
     model_input_names = [VOLUME_KEY]
     intensity_normalization = None
-    intensity_percentiles = (0.5, 99.5)
+    intensity_percentiles = DEFAULT_INTENSITY_PERCENTILES
 
     @classmethod
     def from_ssl_config(cls, config, **kwargs):
         """As the base, plus the config's per-volume intensity normalisation (`augmentation` keys
         `intensity_normalization` / `intensity_percentiles`), so inference sees volumes as training did."""
-        aug = getattr(config, "augmentation", None) or {}
-        if aug.get("intensity_normalization") is not None:
-            kwargs.setdefault("intensity_normalization", aug["intensity_normalization"])
-            kwargs.setdefault("intensity_percentiles", list(aug.get("intensity_percentiles", (0.5, 99.5))))
+        mode, percentiles = intensity_settings(getattr(config, "augmentation", None))
+        if mode is not None:
+            kwargs.setdefault("intensity_normalization", mode)
+            kwargs.setdefault("intensity_percentiles", list(percentiles))
         return super().from_ssl_config(config, **kwargs)
 
     def preprocess_volumes(self, volumes, volume_depth: Optional[int] = None, return_tensors: str = "pt"):

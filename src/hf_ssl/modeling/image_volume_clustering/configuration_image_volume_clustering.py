@@ -169,10 +169,6 @@ class ImageVolumeClusteringConfig(SSLConfig):
             lo, hi = self.augmentation.get(key, (0.5, 1.0))
             if not 0 <= lo <= hi <= 1 or (key != "slice_depth_range" and lo == 0):
                 raise ValueError(f"augmentation[{key!r}] must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
-        from ...training.volumes import check_intensity_normalization
-
-        check_intensity_normalization(self.augmentation.get("intensity_normalization"),
-                                      tuple(self.augmentation.get("intensity_percentiles", (0.5, 99.5))))
 
 
 __all__ = ["ImageVolumeClusteringConfig"]
