@@ -354,7 +354,6 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
             loss = loss + cfg.weight_2d * loss_2d
             metrics["loss_2d"] = loss_2d.detach()
         with torch.no_grad():
-            device = pixel_values_volumes[0].device
             if codes3 is not None:
                 q = torch.cat(codes3)
                 usage = torch.zeros(cfg.num_prototypes, device=q.device).scatter_(0, q.argmax(dim=1), 1.0)

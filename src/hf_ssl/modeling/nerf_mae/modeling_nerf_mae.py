@@ -79,14 +79,19 @@ class NeRFMAEForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel)
     def generate_mask(self, batch_size: int, num_patches: int, device=None, generator=None) -> torch.Tensor:
         return random_mask_torch(batch_size, num_patches, self.config.mask_ratio, device=device, generator=generator)
 
+    def _normalization(self, device, dtype) -> tuple:
+        """The config's per-channel `image_mean` / `image_std` as `[1, C, 1, 1, 1]` tensors (raw = x * std + mean)."""
+        shape = (1, self.config.num_channels, 1, 1, 1)
+        return (torch.tensor(self.config.image_mean, device=device, dtype=dtype).view(shape),
+                torch.tensor(self.config.image_std, device=device, dtype=dtype).view(shape))
+
     # -- loss -------------------------------------------------------------------------------------------
     def reconstruction_loss(self, pred: torch.Tensor, volumes: torch.Tensor, mask: torch.Tensor) -> dict:
         """`pred [B, N, V*C]` (V voxels per patch), `volumes` the (normalised) input, `mask [B, N]` True = masked.
         Returns the loss terms; targets are the un-normalised input (raw colour / density)."""
         cfg = self.config
         c = cfg.num_channels
-        mean = torch.tensor(cfg.image_mean, device=volumes.device, dtype=torch.float32).view(1, c, 1, 1, 1)
-        std = torch.tensor(cfg.image_std, device=volumes.device, dtype=torch.float32).view(1, c, 1, 1, 1)
+        mean, std = self._normalization(volumes.device, torch.float32)
         raw = volumes.detach().float() * std + mean
         target = patchify_3d(raw, self.patch)  # [B, N, V*C], voxel-major, channel-last
         b, n, _ = target.shape
@@ -125,8 +130,7 @@ class NeRFMAEForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel)
             raise ValueError("geometry_only needs radiance grids with a density channel (config.density_channel)")
         self.check_volumes(volumes)
         c = cfg.num_channels
-        mean = torch.tensor(cfg.image_mean, device=volumes.device, dtype=volumes.dtype).view(1, c, 1, 1, 1)
-        std = torch.tensor(cfg.image_std, device=volumes.device, dtype=volumes.dtype).view(1, c, 1, 1, 1)
+        mean, std = self._normalization(volumes.device, volumes.dtype)
         raw = volumes * std + mean
         alpha = raw[:, cfg.density_channel: cfg.density_channel + 1]
         colour = [i for i in range(c) if i != cfg.density_channel]
