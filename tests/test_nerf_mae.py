@@ -226,6 +226,24 @@ def _write_radiance_folder(root, hue_shift=0.0, size=16):
     return str(root)
 
 
+def _write_colour_classes(root, size=16):
+    """Two classes of the SAME shape (spheres of random pose and size) that differ only in colour: red vs blue."""
+    import numpy as np
+
+    from hf_ssl.training.volumes import generate_shape_volume, save_volume_tiff
+
+    for split, n, seed in (("train", 6, 0), ("test", 4, 1)):
+        for c, rgb in enumerate(((1.0, 0.1, 0.1), (0.1, 0.1, 1.0))):
+            rng = np.random.default_rng([seed, c, 7])
+            d = os.path.join(root, split, f"{c:02d}_colour")
+            os.makedirs(d, exist_ok=True)
+            for i in range(n):
+                vol = generate_shape_volume("sphere", rng, size=size, radiance=True)
+                vol[..., :3] = np.asarray(rgb) * (vol[..., 3:] > 0.01)
+                save_volume_tiff(vol, os.path.join(d, f"{i}.tif"))
+    return str(root)
+
+
 def test_geometry_knn_task_metric_ignores_scene_colours(tmp_path):
     model = _model().eval()
     plain = _write_radiance_folder(tmp_path / "plain")
@@ -235,10 +253,17 @@ def test_geometry_knn_task_metric_ignores_scene_colours(tmp_path):
     assert m1 == m2  # same geometry, other colours: same metric
     # the ordinary features do see the colours
     from hf_ssl.training.data import labeled_eval_dataset
-    from hf_ssl.training.evaluation import extract_features
+    from hf_ssl.training.evaluation import extract_features, knn_and_linear_metrics
 
     f1, _ = extract_features(model, labeled_eval_dataset(plain, "test", model.config), disable_progress=True)
     f2, _ = extract_features(model, labeled_eval_dataset(shifted, "test", model.config), disable_progress=True)
     assert not torch.allclose(torch.tensor(f1), torch.tensor(f2), atol=1e-4)
+    # classes told apart only by colour (one shape, red vs blue): the plain features separate them, the geometry
+    # k-NN must not (it sees the density field alone)
+    by_colour = _write_colour_classes(tmp_path / "colour")
+    bank = extract_features(model, labeled_eval_dataset(by_colour, "train", model.config), disable_progress=True)
+    query = extract_features(model, labeled_eval_dataset(by_colour, "test", model.config), disable_progress=True)
+    assert knn_and_linear_metrics(bank, query)["knn_accuracy"] == 1.0
+    assert model.task_metrics(by_colour, "test")["geometry_knn_accuracy"] <= 0.75
     # generic intensity volumes (no density channel) have no geometry metric
     assert _model(num_channels=1, density_channel=None, image_mean=[0.5], image_std=[0.25]).task_metrics(plain) == {}
