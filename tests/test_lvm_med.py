@@ -124,6 +124,28 @@ def test_blackbox_gradient_is_the_interpolation_gradient():
     assert s.grad.abs().sum() > 0  # the matching is wrong, so there is a gradient
 
 
+def test_blackbox_gradient_with_bfloat16_affinities_next_to_float32_graphs():
+    """Under autocast the affinities `s`, `p` come from bfloat16 matmuls while the graphs stay float32: the backward
+    pass (run outside autocast) must not mix the dtypes, and gives each input's gradient in its own dtype, equal to
+    the float32 gradient of the same (bfloat16-representable) values."""
+    n, lam, beta = 6, 5.0, 0.5
+    g = torch.Generator().manual_seed(3)
+    s0 = torch.randn(n, n, generator=g).bfloat16()
+    p0 = torch.randn(n, n, generator=g).bfloat16()
+    a_s, a_t = random_graph(n, 7).float(), random_graph(n, 8).float()
+    grads = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        s, p = s0.detach().to(dtype).requires_grad_(True), p0.detach().to(dtype).requires_grad_(True)
+        loss = hamming_loss(blackbox_graph_matching(s, p, a_s, a_t, beta=beta, lam=lam), torch.eye(n))
+        assert loss.dtype == torch.float32
+        loss.backward()
+        assert s.grad.dtype == dtype and p.grad.dtype == dtype
+        grads[dtype] = (s.grad.float(), p.grad.float())
+    assert grads[torch.float32][1].abs().sum() > 0
+    for got, ref in zip(grads[torch.bfloat16], grads[torch.float32]):
+        assert torch.allclose(got, ref, rtol=1e-2, atol=1e-3)
+
+
 def test_blackbox_gradient_descent_fixes_the_matching_and_vanishes_when_correct():
     n = 8
     g = torch.Generator().manual_seed(2)

@@ -80,6 +80,13 @@ def test_roi_align_matches_the_torchvision_rule():
         for k in range(3):
             ref = _roi_ref(feats[index[k]].numpy(), boxes[k].tolist(), 3, 0.25, ratio)
             assert np.allclose(got[k].numpy(), ref, atol=1e-10), (ratio, k)
+    # bfloat16 features (a backbone under autocast): box geometry and sampling stay in float32, the result comes back
+    # in the features' dtype and equals the float32 pooling of the same values up to the output rounding
+    half = feats.float().bfloat16()
+    got = roi_align(half, boxes.float(), index, 3, 0.25)
+    assert got.dtype == torch.bfloat16
+    ref = roi_align(half.float(), boxes.float(), index, 3, 0.25)
+    assert torch.allclose(got.float(), ref, rtol=1e-2, atol=1e-2)
     # a constant map pools to the constant, whatever the box
     const = torch.full((1, 2, 4, 4), 3.0)
     assert torch.allclose(roi_align(const, torch.tensor([[1.0, 2.0, 9.0, 13.0]]), torch.tensor([0]), 2, 0.25),

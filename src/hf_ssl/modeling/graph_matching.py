@@ -138,16 +138,19 @@ class BlackboxGraphMatching(torch.autograd.Function):
     def backward(ctx, grad_x):
         s, p, a_s, a_t, x = ctx.saved_tensors
         lam, beta = ctx.lam, ctx.beta
-        x_pert = solve_quadratic_assignment(s - lam * grad_x, p, a_s, a_t, beta, ctx.iterations).to(s.dtype)
-        grad_s = (x - x_pert) / lam
+        # in float32 whatever the saved dtypes: under autocast `s`, `p` can be bfloat16 next to float32 graphs, and
+        # the perturbed scores `s - lam dL/dX` rounded to bfloat16 would pick another matching
+        x, a_s, a_t = x.float(), a_s.float(), a_t.float()
+        x_pert = solve_quadratic_assignment(s.float() - lam * grad_x.float(), p, a_s, a_t, beta, ctx.iterations)
+        grad_s = ((x - x_pert) / lam).to(s.dtype)
         grad_p = None
         if beta and ctx.needs_input_grad[1]:
             # Q is linear in P: dQ/dP at X is (autograd of) Q itself
             with torch.enable_grad():
-                pv = p.detach().requires_grad_(True)
+                pv = p.detach().float().requires_grad_(True)
                 diff = beta * (quadratic_score(x, pv, a_s, a_t) - quadratic_score(x_pert, pv, a_s, a_t))
                 (grad_p,) = torch.autograd.grad(diff, pv)
-            grad_p = grad_p / lam
+            grad_p = (grad_p / lam).to(p.dtype)
         return grad_s, grad_p, None, None, None, None, None
 
 
@@ -216,6 +219,7 @@ def knn_adjacency(features: torch.Tensor, k: int) -> torch.Tensor:
 
 def hamming_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`sum(X (1 - X*) + (1 - X) X*) / N`: wrongly set entries of the matching per node (BB-GM's loss)."""
+    x, target = x.float(), target.float()  # float32 under autocast too (bfloat16 sums of 0/1 are inexact above 256)
     return (x * (1 - target) + (1 - x) * target).sum() / x.shape[0]
 
 

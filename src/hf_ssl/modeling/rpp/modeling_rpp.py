@@ -71,7 +71,7 @@ def pair_contrastive_loss(anchor: torch.Tensor, candidates: torch.Tensor, gate: 
     `[B]`, candidate image `[N]`. Positives of row b: candidates with id == partner_ids[b]; negatives: candidates whose
     id is neither anchor_ids[b] nor partner_ids[b]. Each positive is contrasted against the negatives only, the terms
     are averaged over the row's positives, then over rows. Returns `(loss, logits)`."""
-    logits = (anchor * gate * gate) @ candidates.t() / temperature
+    logits = ((anchor * gate * gate) @ candidates.t()).float() / temperature  # float32 under autocast too
     positive = partner_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)
     excluded = positive | (anchor_ids.unsqueeze(1) == candidate_ids.unsqueeze(0))
     if not bool(positive.any(dim=1).all()):

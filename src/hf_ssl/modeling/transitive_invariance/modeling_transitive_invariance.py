@@ -82,7 +82,8 @@ def transitive_triplet_loss(anchors: torch.Tensor, nodes: torch.Tensor, types: t
     loss is the mean over its pairs; with `gather_counts` the pair counts are summed over processes
     (`losses.all_reduce`) and the local sum is scaled by the world size, so DDP's gradient averaging gives the mean
     over the global batch. Returns `(loss, {type: loss_t})`."""
-    dist = 1.0 - anchors @ nodes.t()  # [A, M]
+    # float32 under autocast too: the pair counts below take `dist.dtype`, and bfloat16 counts are inexact above 256
+    dist = 1.0 - (anchors @ nodes.t()).float()  # [A, M]
     neg_mask = types == NO_EDGE
     k = nodes.shape[0] if num_hard_negatives is None else max(1, min(int(num_hard_negatives), nodes.shape[0]))
     masked = dist.masked_fill(~neg_mask, float("inf"))
@@ -103,7 +104,7 @@ def transitive_triplet_loss(anchors: torch.Tensor, nodes: torch.Tensor, types: t
     counts = torch.stack(counts).detach()
     if gather_counts:
         counts = losses.all_reduce(counts.clone())
-    total = anchors.new_zeros(())
+    total = dist.new_zeros(())
     weight_sum = 0.0
     for (name, _), s, c in zip(PAIR_TYPES.items(), sums, counts):
         if float(c) > 0:

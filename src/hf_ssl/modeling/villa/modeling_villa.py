@@ -37,7 +37,8 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Te
     if k == 0:
         return out
     offset = 0.5 if aligned else 0.0
-    b = boxes.to(features.dtype) * spatial_scale - offset
+    # box geometry in float32 at least (bfloat16 coordinates under autocast would be off by up to a cell)
+    b = boxes.to(torch.promote_types(features.dtype, torch.float32)) * spatial_scale - offset
     roi_w, roi_h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     if not aligned:
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
@@ -61,12 +62,12 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Te
         gy = ys.clamp(0, h - 1) / max(h - 1, 1) * 2 - 1 if h > 1 else torch.zeros_like(ys)
         gx = xs.clamp(0, w - 1) / max(w - 1, 1) * 2 - 1 if w > 1 else torch.zeros_like(xs)
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [K', Sy, Sx, 2]
-        sampled = F.grid_sample(features[batch_index[sel]], grid, mode="bilinear", padding_mode="border",
+        sampled = F.grid_sample(features[batch_index[sel]].to(grid.dtype), grid, mode="bilinear", padding_mode="border",
                                 align_corners=True)  # [K', C, S*ny, S*nx]
         keep = (inside_y[:, :, None] & inside_x[:, None, :]).to(sampled.dtype)[:, None]
         sampled = sampled * keep
         pooled = sampled.reshape(len(sel), c, output_size, ny, output_size, nx).mean(dim=(3, 5))
-        out[sel] = pooled
+        out[sel] = pooled.to(out.dtype)  # sampled in float32 (or float64), returned in the features' dtype
     return out
 
 
