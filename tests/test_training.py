@@ -66,6 +66,26 @@ def test_channels_last_training_matches_default_layout(tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
 
 
+def test_bf16_mixed_precision_training_on_cpu(tmp_path, monkeypatch):
+    """`bf16=True` trains under torch.autocast(bfloat16) with float32 master weights (the path GPU users take; the
+    CPU runs it too), gives float32 losses close to the float32 run, and checkpoints float32 weights."""
+    from safetensors.torch import load_file
+
+    losses = {}
+    for flag in (False, True):
+        trainer = _trainer("swav", tmp_path / f"run-{flag}", max_steps=2, bf16=flag, use_cpu=True)
+        seen = []
+        forward = trainer.model.forward
+        monkeypatch.setattr(trainer.model, "forward",
+                            lambda *a, **k: (seen.append(torch.is_autocast_enabled("cpu")), forward(*a, **k))[1])
+        trainer.train()
+        assert seen == [flag, flag]
+        losses[flag] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    saved = load_file(str(tmp_path / "run-True" / "checkpoint-2" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values() if t.is_floating_point())
+
+
 def test_knn_evaluation_and_lars(tmp_path):
     config = tiny_config("swav")
     model = get_method("swav").model_class(config)
