@@ -14,6 +14,7 @@ normalisation for SwAV). lightly is used the way its documentation examples use 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -46,6 +47,13 @@ def _adamw(params, lr):
 
 COMPILE = [False]  # --compile: torch.compile hf_ssl's modules (what SSLTrainingArguments(torch_compile=True) does)
 CHANNELS_LAST = [False]  # --channels-last: what SSLTrainingArguments(channels_last=True) does (weights + 4-D inputs)
+BF16 = {"ours": False, "peer": False}  # --bf16 ours|both: torch.autocast(bfloat16) around forward + loss
+
+
+def _amp(side):
+    """The mixed-precision region of one side's step, as SSLTrainingArguments(bf16=True) runs it: forward and loss
+    under torch.autocast(bfloat16), float32 weights, backward and optimizer step outside."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if BF16[side] else contextlib.nullcontext()
 
 
 def _ours_layout(module, views):
@@ -70,7 +78,8 @@ def _ours_step(model, batch, lr):
     forward = _maybe_compile(model)
 
     def step():
-        loss = forward(**batch).loss
+        with _amp("ours"):
+            loss = forward(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -109,8 +118,9 @@ def swav_pair(args):
 
     def peer_step():
         prototypes.normalize()
-        outs = [prototypes(F.normalize(head(encode(peer_encoder, v)), dim=1)) for v in views]
-        loss = criterion(outs[:n_global], outs[n_global:])
+        with _amp("peer"):
+            outs = [prototypes(F.normalize(head(encode(peer_encoder, v)), dim=1)) for v in views]
+            loss = criterion(outs[:n_global], outs[n_global:])
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
@@ -146,11 +156,12 @@ def moco_pair(args):
     def peer_step():
         update_momentum(encoder, key_encoder, m=config.teacher_momentum)
         update_momentum(head, key_head, m=config.teacher_momentum)
-        q = head(encode(encoder, x_q))
-        with torch.no_grad():
-            shuffled, order = batch_shuffle(x_k)
-            k = batch_unshuffle(key_head(encode(key_encoder, shuffled)), order)
-        loss = criterion(q, k)
+        with _amp("peer"):
+            q = head(encode(encoder, x_q))
+            with torch.no_grad():
+                shuffled, order = batch_shuffle(x_k)
+                k = batch_unshuffle(key_head(encode(key_encoder, shuffled)), order)
+            loss = criterion(q, k)
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
@@ -179,7 +190,8 @@ def simclr_pair(args):
     x0, x1 = batch["pixel_values"][:2]
 
     def peer_step():
-        loss = criterion(head(encode(encoder, x0)), head(encode(encoder, x1)))
+        with _amp("peer"):
+            loss = criterion(head(encode(encoder, x0)), head(encode(encoder, x1)))
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
@@ -228,10 +240,11 @@ def dino_pair(args):
     def ours():
         # the multi-crop forward of hf_ssl's DINO-core methods (`backbones.encode_multicrop`, as official DINO's
         # MultiCropWrapper): one encoder call per crop resolution, one head call on all crops
-        with torch.no_grad():
-            t_out = list(t_head(encode_multicrop(c_teacher, our_views[:n_global])).split(batch_size))
-        s_out = list(s_head(encode_multicrop(c_student, our_views)).split(batch_size))
-        loss = criterion(s_out, t_out, teacher_temperature=0.04)
+        with _amp("ours"):
+            with torch.no_grad():
+                t_out = list(t_head(encode_multicrop(c_teacher, our_views[:n_global])).split(batch_size))
+            s_out = list(s_head(encode_multicrop(c_student, our_views)).split(batch_size))
+            loss = criterion(s_out, t_out, teacher_temperature=0.04)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -249,10 +262,11 @@ def dino_pair(args):
     popt = _adamw(list(p_student.parameters()) + list(p_head.parameters()), args.lr)
 
     def peer_step():
-        with torch.no_grad():
-            t_out = [p_thead(encode(p_teacher, v)) for v in views[:n_global]]
-        s_out = [p_head(encode(p_student, v)) for v in views]
-        loss = p_criterion(t_out, s_out, epoch=0)
+        with _amp("peer"):
+            with torch.no_grad():
+                t_out = [p_thead(encode(p_teacher, v)) for v in views[:n_global]]
+            s_out = [p_head(encode(p_student, v)) for v in views]
+            loss = p_criterion(t_out, s_out, epoch=0)
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
@@ -284,8 +298,9 @@ def mae_encoder_pair(args):
     forward_visible = _maybe_compile(vit_forward_visible)
 
     def ours():
-        tokens = forward_visible(ours_vit, x, visible)
-        tokens.pow(2).mean().backward()
+        with _amp("ours"):
+            loss = forward_visible(ours_vit, x, visible).float().pow(2).mean()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -297,8 +312,9 @@ def mae_encoder_pair(args):
     idx_keep = torch.cat([torch.zeros(args.batch_size, 1, dtype=torch.long), visible + 1], dim=1)  # + class token
 
     def peer_step():
-        tokens = peer.encode(images=x, idx_keep=idx_keep)
-        tokens.pow(2).mean().backward()
+        with _amp("peer"):
+            loss = peer.encode(images=x, idx_keep=idx_keep).float().pow(2).mean()
+        loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
 
@@ -324,17 +340,23 @@ def main(argv=None):
                    "examples run); warm-up steps absorb compilation")
     p.add_argument("--channels-last", action="store_true", help="hf_ssl's ConvNet side in channels-last memory "
                    "format, as SSLTrainingArguments(channels_last=True) trains it (lightly's examples stay contiguous)")
+    p.add_argument("--bf16", choices=["ours", "both"], help="bfloat16 autocast around forward + loss (what "
+                   "SSLTrainingArguments(bf16=True) does) on hf_ssl's side only ('ours': lightly as its examples run, "
+                   "float32) or on both sides ('both'); needs a CPU with bfloat16 instructions (avx512_bf16 / AMX) or a "
+                   "GPU to pay off")
     p.add_argument("--json")
     args = p.parse_args(argv)
     COMPILE[0] = args.compile
     CHANNELS_LAST[0] = args.channels_last
+    BF16["ours"] = args.bf16 in ("ours", "both")
+    BF16["peer"] = args.bf16 == "both"
     if args.threads:
         torch.set_num_threads(args.threads)
     import lightly
 
     print(f"torch {torch.__version__} | lightly {lightly.__version__} | threads {torch.get_num_threads()} | "
           f"backbone {args.backbone} | image {args.image_size} | batch {args.batch_size} | compile {args.compile} | "
-          f"channels_last {args.channels_last}")
+          f"channels_last {args.channels_last} | bf16 {args.bf16 or 'off'}")
     rows = []
     for name in args.methods:
         ours_step, peer_step, views = PAIRS[name](args)
@@ -345,7 +367,7 @@ def main(argv=None):
         o, q = statistics.median(ours_rates), statistics.median(peer_rates)
         row = {"pair": name, "hf_ssl_images_per_s": round(o, 2), "lightly_images_per_s": round(q, 2),
                "speedup": round(o / q, 3), "views": views, "compiled": args.compile,
-               "channels_last": args.channels_last}
+               "channels_last": args.channels_last, "bf16": args.bf16 or "off"}
         rows.append(row)
         print(f"{name:12s} hf_ssl {o:8.2f} img/s | lightly {q:8.2f} img/s | hf_ssl/lightly {o / q:5.2f}x", flush=True)
     if args.json:

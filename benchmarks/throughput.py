@@ -178,7 +178,9 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
             "input": getattr(model, "main_input_name", "pixel_values"), "input_shape": list(x.shape[1:]),
             "batch_size": batch_size, "method_images_per_s": round(m, 1), "backbone_fwd_bwd_images_per_s": round(b, 1),
             "ratio_method_over_backbone": round(m / b, 3), "peak_memory_mib": round(peak, 1),
-            "views": len(inputs) if isinstance(inputs, list) else 1, "compiled": compile}
+            "views": len(inputs) if isinstance(inputs, list) else 1, "compiled": compile,
+            # the encoder's size, since cpu-demo encoders of one family differ (SMTC's ViT is ~1/10 of vit-micro)
+            "encoder_params": sum(p.numel() for p in getattr(model, model.export_attribute).parameters())}
 
 
 def main(argv=None):

@@ -182,3 +182,21 @@ def test_push_and_reload_through_hub(hub_env, tmp_path):
     model.export_encoder(tmp_path / "enc", push_to_hub=True, repo_id="user/tiny-swav-encoder")
     enc = AutoModel.from_pretrained("user/tiny-swav-encoder")
     assert type(enc).__name__ == "ResNetModel"
+
+
+def test_cli_speed_flags_reach_the_trainer_arguments(tmp_path, monkeypatch):
+    """`hf-ssl pretrain --bf16 --channels-last --compile` become `bf16` (with `use_cpu` where there is no
+    accelerator: transformers refuses CPU bf16 otherwise), `channels_last` and `torch_compile` trainer arguments
+    that SSLTrainingArguments accepts; without the flags nothing is added."""
+    from hf_ssl.training import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_pretraining", lambda **kw: seen.append(kw))
+    cli.main(["pretrain", "--method", "swav", "--max-steps", "1", "--bf16", "--channels-last", "--compile"])
+    cli.main(["pretrain", "--method", "swav", "--max-steps", "1"])
+    extra = seen[0]["extra_args"]
+    assert extra["bf16"] is True and extra["channels_last"] is True and extra["torch_compile"] is True
+    assert extra.get("use_cpu", False) == (not torch.accelerator.is_available())
+    assert seen[1]["extra_args"] == {}
+    args = SSLTrainingArguments(output_dir=str(tmp_path), **{k: v for k, v in extra.items() if k != "torch_compile"})
+    assert args.bf16 and args.channels_last

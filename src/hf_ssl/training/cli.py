@@ -240,6 +240,24 @@ def _parse_overrides(items) -> Dict[str, Any]:
     return out
 
 
+def _speed_arguments(args) -> Dict[str, Any]:
+    """Trainer arguments of `--bf16 / --channels-last / --compile`. bf16 on a machine without an accelerator is
+    CPU autocast, which transformers only accepts with `use_cpu=True`."""
+    import torch
+
+    extra: Dict[str, Any] = {}
+    if args.bf16:
+        extra["bf16"] = True
+        accelerator = getattr(torch, "accelerator", None)
+        if not (accelerator.is_available() if accelerator is not None else torch.cuda.is_available()):
+            extra["use_cpu"] = True
+    if args.channels_last:
+        extra["channels_last"] = True
+    if args.compile:
+        extra["torch_compile"] = True
+    return extra
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hf-ssl", description=__doc__.strip().splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -260,6 +278,12 @@ def main(argv=None) -> int:
     p.add_argument("--device-augmentation", action="store_true",
                    help="colour jitter / grayscale / blur / solarize batched on the training device instead of in "
                         "the CPU workers (two-view and multi-crop policies)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 mixed precision (autocast, float32 weights): GPUs, and CPUs with bfloat16 "
+                        "instructions (avx512_bf16 / AMX); see benchmarks/README.md for measured speed-ups")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for ConvNet weights and image inputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--resume", help="checkpoint folder to resume from")
@@ -343,7 +367,7 @@ def main(argv=None) -> int:
                         config_overrides=_parse_overrides(args.set), output_dir=args.output_dir,
                         max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         weight_decay=args.weight_decay, num_workers=args.num_workers, eval_steps=args.eval_steps,
-                        device_augmentation=args.device_augmentation,
+                        device_augmentation=args.device_augmentation, extra_args=_speed_arguments(args),
                         save_steps=args.save_steps, resume=args.resume, seed=args.seed, push_to_hub=args.push_to_hub)
         return 0
     if command == "evaluate":
