@@ -242,6 +242,39 @@ class SSLPreTrainedModel(PreTrainedModel):
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called by SSLTrainer after every optimizer step (global step count, total steps)."""
 
+    # -- host mirrors of integer state buffers ----------------------------------------------------------
+    # Step counters, queue pointers and flags live in 0-d buffers (saved, resumed, moved with the model). Reading
+    # one with int() in the training step is a device->host sync on a GPU. `host_int` keeps a Python mirror that
+    # is valid while the buffer is the same tensor at the same version (`Tensor._version` counts in-place writes:
+    # loading a state dict, re-initialisation or a DDP buffer broadcast bump it, and the next read goes to the
+    # device once); `set_host_int` / `add_host_int` write buffer and mirror together.
+    def _host_key(self, name: str):
+        buf = getattr(self, name)
+        return buf, (id(buf), buf.data_ptr(), buf._version)
+
+    def host_int(self, name: str) -> int:
+        """The value of the 0-d integer (or bool) buffer `name`, read from the device only when it changed
+        outside `set_host_int` / `add_host_int`."""
+        mirrors = self.__dict__.setdefault("_host_mirrors", {})
+        buf, key = self._host_key(name)
+        cached = mirrors.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, int(buf))
+            mirrors[name] = cached
+        return cached[1]
+
+    def set_host_int(self, name: str, value: int) -> None:
+        """Write `value` to the buffer `name` (no host read) and to its mirror."""
+        value = int(value)
+        getattr(self, name).fill_(value)
+        self.__dict__.setdefault("_host_mirrors", {})[name] = (self._host_key(name)[1], value)
+
+    def add_host_int(self, name: str, delta: int = 1) -> int:
+        """`buffer += delta` through the mirror; returns the new value."""
+        value = self.host_int(name) + int(delta)
+        self.set_host_int(name, value)
+        return value
+
     # -- export -------------------------------------------------------------------------------------
     def export_encoder(self, save_directory: Union[str, os.PathLike], image_processor=None,
                        attribute: Optional[str] = None, push_to_hub: bool = False, **push_kwargs) -> str:

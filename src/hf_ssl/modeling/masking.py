@@ -153,7 +153,8 @@ def resolve_patch_mask(bool_masked_pos, batch_size: int, num_patches: int, gener
     if tuple(mask.shape) != (batch_size, num_patches):
         raise ValueError(f"bool_masked_pos must be [batch, {num_patches}], got {list(mask.shape)}")
     counts = mask.sum(1)
-    if int(counts.min()) == 0 or int(counts.max()) == num_patches:
+    low, high = torch.stack([counts.min(), counts.max()]).tolist()  # one device->host read
+    if low == 0 or high == num_patches:
         raise ValueError("bool_masked_pos must mask at least one and leave at least one patch visible")
     return mask
 
@@ -165,11 +166,14 @@ def mask_to_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     if mask.dtype != torch.bool:
         mask = mask.bool()
     counts = mask.sum(dim=1)
-    if counts.numel() and not bool((counts == counts[0]).all()):
-        raise ValueError(
-            f"bool_masked_pos must mask the same number of patches in every sample, got counts {counts.tolist()}"
-        )
-    m = int(counts[0]) if counts.numel() else 0
+    m = 0
+    if counts.numel():
+        low, high = torch.stack([counts.min(), counts.max()]).tolist()  # one device->host read (the sizes need it)
+        if low != high:
+            raise ValueError(
+                f"bool_masked_pos must mask the same number of patches in every sample, got counts {counts.tolist()}"
+            )
+        m = low
     # stable sort puts visible (False) first, then masked (True), each in ascending index order
     order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices
     n = mask.shape[1]

@@ -85,20 +85,20 @@ class GSimCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
         n, size = features.shape[0], self.feature_bank.shape[0]
         if n > size:
             features, n = features[-size:], size
-        ptr = int(self.bank_ptr)
+        ptr = self.host_int("bank_ptr")
         slots = (ptr + torch.arange(n, device=features.device)) % size
         self.feature_bank[slots] = features.to(self.feature_bank.dtype)
-        self.bank_ptr.fill_((ptr + n) % size)
-        self.bank_count.fill_(min(size, int(self.bank_count) + n))
+        self.set_host_int("bank_ptr", (ptr + n) % size)
+        self.set_host_int("bank_count", min(size, self.host_int("bank_count") + n))
 
     @torch.no_grad()
     def recompute_centroids(self) -> None:
         """k-means of the filled bank entries (identical on every process: the bank only holds gathered data)."""
         cfg = self.config
-        filled = self.feature_bank[: int(self.bank_count)]
+        filled = self.feature_bank[: self.host_int("bank_count")]
         centroids, _ = kmeans(filled, cfg.num_clusters, cfg.kmeans_iterations, seed=cfg.kmeans_seed)
         self.centroids.copy_(centroids.to(self.centroids.dtype))
-        self.centroids_ready.fill_(True)
+        self.set_host_int("centroids_ready", True)
 
     # -- forward ----------------------------------------------------------------------------------------------
     def forward(self, pixel_values, pseudo_labels: Optional[torch.Tensor] = None, return_dict: bool = True,
@@ -143,7 +143,7 @@ class GSimCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
                 raise ValueError(f"pseudo_labels need one entry per image ({b}), got {labels.shape[0]}")
         else:
             feats = self.cluster_features(h1, h2)
-            if bool(self.centroids_ready):
+            if self.host_int("centroids_ready"):
                 labels = self.assign_pseudo_labels(feats)
             if self.training:
                 self.update_bank(all_gather(feats))
@@ -169,10 +169,10 @@ class GSimCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
 
     @torch.no_grad()
     def on_step_end(self, step: int, max_steps: int) -> None:
-        self.optimizer_step.fill_(step)
+        self.set_host_int("optimizer_step", step)
         cfg = self.config
         if (cfg.pseudo_label_source == "encoder" and step % cfg.pseudo_label_interval == 0
-                and int(self.bank_count) >= cfg.num_clusters):
+                and self.host_int("bank_count") >= cfg.num_clusters):
             self.recompute_centroids()
 
 

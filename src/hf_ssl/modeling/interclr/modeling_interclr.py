@@ -142,7 +142,7 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
         new = torch.where(self.memory_filled[slots].unsqueeze(1), mixed, F.normalize(keys, dim=1))
         self.memory_bank[slots] = new
         self.memory_filled[slots] = True
-        if bool(self.centroids_ready):
+        if self.host_int("centroids_ready"):
             labels = self.assign_labels(new)
             changed = (labels != self.memory_labels[slots]).float().mean()
             self.memory_labels[slots] = labels
@@ -189,12 +189,12 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
         self.memory_labels[~self.memory_filled] = -1
         self.centroids.copy_(centroids.to(self.centroids.dtype))
         self.update_centroids()
-        self.centroids_ready.fill_(True)
+        self.set_host_int("centroids_ready", True)
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def _generator(self, device) -> torch.Generator:
         g = torch.Generator(device=device)
-        g.manual_seed(self.config.sampling_seed * 1_000_003 + int(self.forward_count))
+        g.manual_seed(self.config.sampling_seed * 1_000_003 + self.host_int("forward_count"))
         return g
 
     @torch.no_grad()
@@ -275,7 +275,7 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
         intra = margin_nce((q * k).sum(dim=1), q @ queue.t(), cfg.intra_margin, tau).mean()
         loss = cfg.intra_loss_weight * intra
 
-        inter_active = sample_index is not None and bool(self.centroids_ready) and cfg.inter_loss_weight > 0
+        inter_active = sample_index is not None and bool(self.host_int("centroids_ready")) and cfg.inter_loss_weight > 0
         metrics = {"intra_loss": intra.detach()}
         slots = self.bank_slots(sample_index) if sample_index is not None else None
         if inter_active:
@@ -309,7 +309,7 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
                 self._enqueue(keys_all)
                 if slots is not None:
                     metrics["label_change_ratio"] = self.update_memory(all_gather(slots), keys_all)
-                self.forward_count += 1
+                self.add_host_int("forward_count")
         with torch.no_grad():
             metrics["bank_fill"] = self.memory_filled.float().mean()
             logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.t()], dim=1).detach()
@@ -323,18 +323,18 @@ class InterCLRForSelfSupervisedPretraining(SSLPreTrainedModel):
         n, length = keys.shape[0], self.config.queue_length
         if n > length:
             raise ValueError(f"the global batch ({n}) is larger than queue_length ({length})")
-        ptr = int(self.queue_ptr)
+        ptr = self.host_int("queue_ptr")
         slots = (ptr + torch.arange(n, device=keys.device)) % length
         self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % length)
+        self.set_host_int("queue_ptr", (ptr + n) % length)
 
     @torch.no_grad()
     def on_step_end(self, step: int, max_steps: int) -> None:
         m = self.config.teacher_momentum
         ema_update_(self.teacher_encoder, self.encoder, m)
         ema_update_(self.teacher_projection_head, self.projection_head, m)
-        self.optimizer_step.fill_(step)
-        if not bool(self.centroids_ready):
+        self.set_host_int("optimizer_step", step)
+        if not self.host_int("centroids_ready"):  # until k-means first runs, the fill count is read once per step
             if step >= self.config.inter_start_step and int(self.memory_filled.sum()) >= self.config.num_clusters:
                 self.run_kmeans()
         elif step % self.config.kmeans_interval == 0:

@@ -119,7 +119,7 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
 
     def _generator(self, device, salt: int = 0) -> torch.Generator:
         g = torch.Generator(device=device)
-        g.manual_seed((self.config.mixing_seed * 1_000_003 + int(self.forward_count)) * 7 + salt)
+        g.manual_seed((self.config.mixing_seed * 1_000_003 + self.host_int("forward_count")) * 7 + salt)
         return g
 
     @torch.no_grad()
@@ -146,7 +146,7 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
 
     def mixing_active(self) -> bool:
         cfg = self.config
-        return (cfg.num_mixed_negatives + cfg.num_query_mixes) > 0 and int(self.optimizer_step) >= cfg.mixing_start_step
+        return (cfg.num_mixed_negatives + cfg.num_query_mixes) > 0 and self.host_int("optimizer_step") >= cfg.mixing_start_step
 
     @torch.no_grad()
     def synthesize(self, q: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
         if self.training:
             with torch.no_grad():
                 self._enqueue(all_gather(k))
-                self.forward_count += 1
+                self.add_host_int("forward_count")
         out = SSLOutput(loss=loss, embeddings=features.detach(), logits=logits.detach(), metrics=metrics)
         return out if return_dict else out.to_tuple()
 
@@ -224,22 +224,23 @@ class MoCHiForSelfSupervisedPretraining(SSLPreTrainedModel):
         n, length = keys.shape[0], self.config.queue_size
         if n > length:
             raise ValueError(f"the global batch ({n}) is larger than queue_size ({length})")
-        if length % n and n >= int(self.queue_batch):
+        largest = self.host_int("queue_batch")
+        if length % n and n >= largest:
             raise ValueError(
                 f"queue_size ({length}) must be divisible by the global batch size ({n}, = per-device batch x "
                 f"processes), as in MoCo; choose e.g. queue_size={max(n, length // n * n)}")
-        self.queue_batch.fill_(max(int(self.queue_batch), n))
-        ptr = int(self.queue_ptr)
+        self.set_host_int("queue_batch", max(largest, n))
+        ptr = self.host_int("queue_ptr")
         slots = (ptr + torch.arange(n, device=keys.device)) % length  # a smaller last batch of a stream wraps
         self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % length)
+        self.set_host_int("queue_ptr", (ptr + n) % length)
 
     @torch.no_grad()
     def on_step_end(self, step: int, max_steps: int) -> None:
         m = self.config.teacher_momentum
         ema_update_(self.teacher_encoder, self.encoder, m)
         ema_update_(self.teacher_projection_head, self.projection_head, m)
-        self.optimizer_step.fill_(step)
+        self.set_host_int("optimizer_step", step)
 
 
 __all__ = ["MoCHiForSelfSupervisedPretraining", "hard_negatives", "mix_hard_negatives"]

@@ -63,17 +63,15 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
             )
         else:
             self.queue = None
-        # Host-side mirrors of `optimizer_step` and of "the queue is full", so the training step reads no device
-        # tensor (a device->host sync per step on GPU). They are filled from the buffers once (lazily) and reset
-        # whenever a state dict is loaded (resume).
-        self._host_step: Optional[int] = None
+        # Host-side flag "the queue is full", so the training step reads no device tensor (a device->host sync per
+        # step on GPU); reset whenever a state dict is loaded (resume). The step counter uses the shared mirror
+        # (`host_int("optimizer_step")`).
         self._host_queue_full = False
         self.register_load_state_dict_post_hook(SwAVForSelfSupervisedPretraining._reset_host_mirrors)
         self.post_init()
 
     @staticmethod
     def _reset_host_mirrors(module, incompatible_keys=None) -> None:
-        module._host_step = None
         module._host_queue_full = False
 
     # -- initialisation (official: PyTorch-default Linear init for head and prototypes, prototypes normalized) ------
@@ -102,9 +100,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
 
     def current_step(self) -> int:
         """Optimizer steps taken (host mirror of the `optimizer_step` buffer; one device read after a load)."""
-        if self._host_step is None:
-            self._host_step = int(self.optimizer_step)
-        return self._host_step
+        return self.host_int("optimizer_step")
 
     def queue_is_full(self) -> bool:
         """Official `use_the_queue` test: the queue's last row is non-zero (it has been filled completely). Once
@@ -268,8 +264,7 @@ class SwAVForSelfSupervisedPretraining(SSLPreTrainedModel):
     def on_step_end(self, step: int, max_steps: int) -> None:
         """After each optimizer step: record the step (prototype freezing, queue start) and project the prototypes
         back onto the unit sphere (the official code normalizes them at the start of every iteration)."""
-        self.optimizer_step.fill_(int(step))
-        self._host_step = int(step)
+        self.set_host_int("optimizer_step", step)
         self.prototypes.normalize_()
 
 
