@@ -114,8 +114,18 @@ def _features_with_grad(model):
             setattr(cls, attr, fn)
 
 
+def _rss_mib() -> float:
+    """Current resident set of this process (Linux /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, device, dtype, channels_last=False,
                  compile=False):
+    rss_at_start = _rss_mib()
     spec = get_method(name)
     config = method_config(name, backbone, image_size)
     if getattr(config, "stage_steps", None) is not None:  # a staged schedule is timed with every term on (joint)
@@ -179,6 +189,7 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
             "batch_size": batch_size, "method_images_per_s": round(m, 1), "backbone_fwd_bwd_images_per_s": round(b, 1),
             "ratio_method_over_backbone": round(m / b, 3), "peak_memory_mib": round(peak, 1),
             "views": len(inputs) if isinstance(inputs, list) else 1, "compiled": compile,
+            "bf16": dtype is not None, "rss_at_start_mib": round(rss_at_start, 1),
             # the encoder's size, since cpu-demo encoders of one family differ (SMTC's ViT is ~1/10 of vit-micro)
             "encoder_params": sum(p.numel() for p in getattr(model, model.export_attribute).parameters())}
 
@@ -193,7 +204,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward + loss (GPU, or a CPU with "
+                   "bfloat16 instructions), what SSLTrainingArguments(bf16=True) does")
+    p.add_argument("--isolate", action="store_true", help="run each method in a fresh process, so that the CPU peak "
+                   "memory (max resident set) is that method's own; `peak - rss_at_start` is its working set")
     p.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs (ConvNets)")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's module (what "
                    "SSLTrainingArguments(torch_compile=True) does); the first steps include compilation, so use a "
@@ -212,7 +226,10 @@ def main(argv=None):
           f"{'ratio':>6s} {'peak MiB':>9s}")
     for name in args.methods or available_methods():
         try:
-            row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
+            if args.isolate:
+                row = _isolated(name, argv if argv is not None else sys.argv[1:])
+            else:
+                row = bench_method(name, args.backbone, args.image_size, args.batch_size, args.steps, args.warmup,
                                args.rounds, device, dtype, channels_last=args.channels_last,
                                compile=args.compile)
         except Exception as err:  # one broken method must not hide the others' numbers; it is reported and counted
@@ -225,13 +242,37 @@ def main(argv=None):
               f"{row['peak_memory_mib']:9.1f}")
         sys.stdout.flush()
     if device.type == "cpu":
-        print("peak MiB on CPU = the process's max resident set so far (it only grows down the table)")
+        print("peak MiB on CPU = the method's process's max resident set" if args.isolate else
+              "peak MiB on CPU = the process's max resident set so far (it only grows down the table; --isolate)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     if failures:
         raise SystemExit(f"{len(failures)} method(s) failed: {', '.join(failures)}")
     return rows
+
+
+def _isolated(name, argv):
+    """`bench_method` for one method in a child process with the same arguments; returns its row."""
+    import subprocess
+    import tempfile
+
+    keep, i = [], 0
+    while i < len(argv):  # drop --methods (and its values), --json and --isolate: the child gets its own
+        arg = argv[i]
+        i += 1
+        if arg in ("--methods", "--json"):
+            while i < len(argv) and not argv[i].startswith("--"):
+                i += 1
+        elif arg != "--isolate" and not arg.startswith(("--methods=", "--json=")):
+            keep.append(arg)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *keep, "--methods", name, "--json", out],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:])
+        return json.load(open(out))[0]
 
 
 if __name__ == "__main__":
