@@ -163,8 +163,12 @@ def run_lightly(pair: str, steps, seed: int, batch_size: int):
                           seed=seed, image_mode="RGB")
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=SSLDataCollator())
     model.train()
-    start, step = time.time(), 0
+    start, step, epoch = time.time(), 0, 0
     while step < steps:
+        # each pass over the data is a new epoch, as the Trainer runs it: reshuffled, with fresh augmentation draws
+        # (without this every pass would repeat the first pass's views, and the comparison would not be like for like)
+        data.set_epoch(epoch)
+        epoch += 1
         for batch in loader:
             loss = step_fn(batch, step)
             loss.backward()
