@@ -112,6 +112,21 @@ def test_linear_probe_separable_and_random():
     assert random["linear_probe_accuracy"] < 0.3
 
 
+def test_linear_probe_does_not_depend_on_the_feature_scale():
+    """Standardisation makes the probe scale-free, including the test for constant features: a random-init encoder
+    in eval mode can emit features of size 1e-13 (ALIGN's cpu-demo EfficientNet), which an absolute threshold
+    treated as all-constant (accuracy at chance). A truly constant column is still ignored."""
+    x_train, y_train, x_test, y_test = _clusters(spread=3.0, seed=4)
+    base = linear_probe_accuracy(x_train, y_train, x_test, y_test)["linear_probe_accuracy"]
+    assert base >= 0.95
+    for scale in (1e-13, 1e6):
+        got = linear_probe_accuracy(x_train * scale, y_train, x_test * scale, y_test)["linear_probe_accuracy"]
+        assert got == pytest.approx(base, abs=0.02), scale
+    padded = [np.concatenate([x, np.full((len(x), 1), 5.0)], axis=1) for x in (x_train, x_test)]
+    got = linear_probe_accuracy(padded[0] * 1e-13, y_train, padded[1] * 1e-13, y_test)["linear_probe_accuracy"]
+    assert got == pytest.approx(base, abs=0.02)
+
+
 def test_linear_probe_evaluate_module_matches_helper_and_is_deterministic():
     x_train, y_train, x_test, y_test = _clusters(n_classes=4, spread=0.5, seed=5)
     expected = linear_probe_accuracy(x_train, y_train, x_test, y_test, c=1e-3)

@@ -182,7 +182,9 @@ def fit_linear_probe(
         x = train_emb.float()
         mean = x.mean(dim=0)
         std = x.std(dim=0, unbiased=False)
-        std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay at 0
+        # constant features stay at 0; "constant" is relative to the largest spread, so the probe does not depend on
+        # the features' overall scale (a random-init encoder in eval mode can emit features of size 1e-13)
+        std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
         x = (x - mean) / std
     generator = torch.Generator(device="cpu").manual_seed(seed)
     linear = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
