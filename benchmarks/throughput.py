@@ -190,7 +190,7 @@ def bench_method(name, backbone, image_size, batch_size, steps, warmup, rounds, 
             "ratio_method_over_backbone": round(m / b, 3), "peak_memory_mib": round(peak, 1),
             "views": len(inputs) if isinstance(inputs, list) else 1, "compiled": compile,
             "bf16": dtype is not None, "rss_at_start_mib": round(rss_at_start, 1),
-            # the encoder's size, since cpu-demo encoders of one family differ (SMTC's ViT is ~1/10 of vit-micro)
+            # the encoder's size, since cpu-demo encoders of one family differ (SMTC's ViT is ~1/7 of vit-micro)
             "encoder_params": sum(p.numel() for p in getattr(model, model.export_attribute).parameters())}
 
 

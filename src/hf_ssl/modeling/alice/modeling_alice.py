@@ -171,8 +171,6 @@ class AliceForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
                                                config.center_momentum)
         self.register_buffer("optimizer_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("schedule_max_steps", torch.zeros((), dtype=torch.long))
-        self._host_steps = None
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_steps", None))
         self.post_init()
         self.apply_frozen_parameters_()
 
@@ -186,7 +184,6 @@ class AliceForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
             init.zeros_(self.schedule_max_steps)
             init.zeros_(self.global_loss.center)
             init.zeros_(self.patch_loss.center)
-            self._host_steps = None
             init_teacher_from_student_((self.teacher_encoder, self.encoder), (self.teacher_head, self.head))
 
     def frozen_parameter_prefixes(self) -> tuple:
@@ -194,9 +191,8 @@ class AliceForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
 
     # -- schedules ----------------------------------------------------------------------------------------------
     def schedule_state(self):
-        if self._host_steps is None:
-            self._host_steps = (int(self.optimizer_step), int(self.schedule_max_steps))
-        return self._host_steps
+        """`(optimizer step, max steps)` from host mirrors of their buffers (`SSLPreTrainedModel.host_int`)."""
+        return self.host_int("optimizer_step"), self.host_int("schedule_max_steps")
 
     def teacher_temperature(self) -> float:
         step, max_steps = self.schedule_state()
@@ -214,9 +210,8 @@ class AliceForSelfSupervisedPretraining(VolumeInputsMixin, SSLPreTrainedModel):
         momentum = cosine_schedule(step, max_steps, self.config.teacher_momentum, 1.0)
         ema_update_(self.teacher_encoder, self.encoder, momentum)
         ema_update_(self.teacher_head, self.head, momentum)
-        self.optimizer_step.fill_(int(step))
-        self.schedule_max_steps.fill_(int(max_steps))
-        self._host_steps = (int(step), int(max_steps))
+        self.set_host_int("optimizer_step", step)
+        self.set_host_int("schedule_max_steps", max_steps)
 
     # -- inputs -------------------------------------------------------------------------------------------------
     @torch.no_grad()

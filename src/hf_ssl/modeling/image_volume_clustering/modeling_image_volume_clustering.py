@@ -130,8 +130,6 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
                                        batch_norm=config.projection_batch_norm)
         self.prototypes_2d = Prototypes(config.projection_dim, config.num_prototypes_2d)
         self.register_buffer("optimizer_step", torch.zeros((), dtype=torch.long))
-        self._host_step: Optional[int] = None
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_step", None))
         self.post_init()
 
     def _init_weights(self, module):
@@ -143,13 +141,11 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
         if module is self:
             init.normal_(self.mask_token, std=0.02)
             init.zeros_(self.optimizer_step)
-            self._host_step = None
 
     # -- schedule state ---------------------------------------------------------------------------------------
     def current_step(self) -> int:
-        if self._host_step is None:
-            self._host_step = int(self.optimizer_step)
-        return self._host_step
+        """Optimizer steps taken (host mirror of the `optimizer_step` buffer, `SSLPreTrainedModel.host_int`)."""
+        return self.host_int("optimizer_step")
 
     def training_stage(self) -> int:
         """0 = joint training (`stage_steps=None`); 1 / 2 / 3 = the official stages (2-D clustering, masked embedding
@@ -175,8 +171,7 @@ class ImageVolumeClusteringForSelfSupervisedPretraining(SSLPreTrainedModel):
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Record the step (prototype freezing) and put both prototype sets back on the unit sphere (the official
         code normalises them at the start of every iteration)."""
-        self.optimizer_step.fill_(int(step))
-        self._host_step = int(step)
+        self.set_host_int("optimizer_step", step)
         self.prototypes_2d.normalize_()
         self.prototypes_3d.normalize_()
 
